@@ -1,0 +1,1 @@
+namespace XRay.Client; internal static class Placeholder { }

@@ -1,0 +1,1 @@
+namespace XRay.Model; internal static class Placeholder { }

@@ -1,0 +1,1 @@
+namespace XRay.Batching; internal static class Placeholder { }
