@@ -1,0 +1,562 @@
+using System.Diagnostics;
+
+namespace XRay.Batching;
+
+/// <summary>
+/// Dynamic batcher: requests of one or more items wait in one FIFO queue of items; a single dispatch loop forms
+/// batches of up to <see cref="BatchingOptions.MaxBatchSize"/> items whenever a model instance is free, hands them
+/// to an <see cref="IBatchHandler{TInput, TOutput}"/>, and answers each request with its own rows.
+/// </summary>
+/// <remarks>
+/// Locking: all queue and request state is guarded by <c>_lock</c>. Nothing that can call back into this class
+/// (time provider, cancellation registrations, the handler, the observer) is called under it; completing a
+/// request's task under it is safe because every task runs its continuations asynchronously.
+/// </remarks>
+public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
+{
+    // Timers cannot be armed further ahead (about 49 days); a deadline beyond it is as good as none.
+    private static readonly TimeSpan MaxTimerDueTime = TimeSpan.FromMilliseconds(uint.MaxValue - 1);
+
+    private readonly IBatchHandler<TInput, TOutput> _handler;
+    private readonly TimeProvider _timeProvider;
+    private readonly BatcherObserver _observer;
+    private readonly Lock _lock = new();
+
+    // Requests with undispatched items, oldest first; a request leaves when its last item is dispatched.
+    private readonly LinkedList<Request> _queue = new();
+    private int _queuedItems;
+    private int _runningBatches;
+    private bool _stopping;
+    private bool _disposed;
+    // Bumped under the lock by every change that can allow a dispatch. The loop reads the clock outside the lock
+    // (a fake clock may run timer callbacks on the reading thread) and retries if this moved meanwhile, so a batch's
+    // start time is never earlier than the event that allowed it.
+    private int _version;
+    // Set by the loop before it sleeps; whoever changes what the loop can do completes it.
+    private TaskCompletionSource? _wake;
+    private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Task _loop;
+
+    public DynamicBatcher(IBatchHandler<TInput, TOutput> handler, BatchingOptions options,
+                          TimeProvider? timeProvider = null, BatcherObserver? observer = null)
+    {
+        ArgumentNullException.ThrowIfNull(handler);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        _handler = handler;
+        // A copy, so that changing the bound options object later cannot break the queue's invariants.
+        Options = options.Clone();
+        _timeProvider = timeProvider ?? TimeProvider.System;
+        _observer = observer ?? new BatcherObserver();
+        _loop = Task.Run(DispatchLoopAsync);
+    }
+
+    /// <summary>The options in effect (a copy taken at construction; changing it has no effect).</summary>
+    public BatchingOptions Options { get; }
+
+    /// <summary>Items waiting for a batch.</summary>
+    public int QueuedItems
+    {
+        get { lock (_lock) { return _queuedItems; } }
+    }
+
+    /// <summary>Batches handed to the handler and not yet finished (at most <see cref="BatchingOptions.ModelInstances"/>).</summary>
+    public int RunningBatches
+    {
+        get { lock (_lock) { return _runningBatches; } }
+    }
+
+    /// <summary>
+    /// Queues <paramref name="items"/> and completes with one <see cref="ItemResult{TOutput}"/> per item, in item
+    /// order, once all of them ran. Fails with <see cref="BatchRejectedException"/> (queue full, shutting down,
+    /// deadline passed before all items were dispatched), <see cref="OperationCanceledException"/> (cancelled while
+    /// any item was queued) or <see cref="BatchExecutionException"/> (a batch holding any of its items failed).
+    /// Items of a request that failed, expired or was cancelled are removed from the queue and never computed.
+    /// </summary>
+    public Task<ItemResult<TOutput>[]> EnqueueAsync(IReadOnlyList<TInput> items, DateTimeOffset? deadline = null,
+                                                   CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(items);
+        if (items.Count == 0)
+        {
+            throw new ArgumentException("A request must hold at least one item.", nameof(items));
+        }
+
+        if (cancellationToken.IsCancellationRequested)
+        {
+            return Task.FromCanceled<ItemResult<TOutput>[]>(cancellationToken);
+        }
+
+        var now = _timeProvider.GetUtcNow();
+        var request = new Request(this, items, now, cancellationToken);
+        if (deadline is { } due && due <= now)
+        {
+            request.Done = true;
+            Reject(request, RejectionReason.DeadlineExceeded,
+                $"deadline exceeded: the deadline {due:O} had passed when the request arrived at {now:O}");
+            return request.Task;
+        }
+
+        // Armed before admission so that an admitted request always has its hooks. A callback that fires before
+        // admission answers the request; admission then skips it and disposes the hooks, both stored by then.
+        if (deadline is { } d && d - now <= MaxTimerDueTime)
+        {
+            request.DeadlineTimer = _timeProvider.CreateTimer(static s => ((Request)s!).Batcher.OnDeadline((Request)s),
+                                                              request, d - now, Timeout.InfiniteTimeSpan);
+        }
+
+        if (cancellationToken.CanBeCanceled)
+        {
+            request.Registration = cancellationToken.UnsafeRegister(
+                static s => ((Request)s!).Batcher.OnCancelled((Request)s), request);
+        }
+
+        bool answeredByCallback;
+        string? rejection = null;
+        var reason = default(RejectionReason);
+        lock (_lock)
+        {
+            answeredByCallback = request.Done;
+            if (!answeredByCallback)
+            {
+                rejection = AdmissionErrorLocked(items.Count, out reason);
+                if (rejection is null)
+                {
+                    request.Node = _queue.AddLast(request);
+                    _queuedItems += items.Count;
+                    _version++;
+                    AssertInvariantsLocked();
+                }
+                else
+                {
+                    request.Done = true;
+                }
+            }
+        }
+
+        if (answeredByCallback)
+        {
+            request.DisposeHooks();
+        }
+        else if (rejection is not null)
+        {
+            Reject(request, reason, rejection);
+        }
+        else
+        {
+            Wake();
+        }
+
+        return request.Task;
+    }
+
+    private string? AdmissionErrorLocked(int items, out RejectionReason reason)
+    {
+        if (_stopping)
+        {
+            reason = RejectionReason.ShuttingDown;
+            return "shutting down: the batcher no longer admits requests";
+        }
+
+        reason = RejectionReason.QueueFull;
+        if (items > Options.MaxQueueSize)
+        {
+            return $"queue full: request has {items} images, more than the queue holds ({Options.MaxQueueSize})";
+        }
+
+        return _queuedItems + items > Options.MaxQueueSize
+            ? $"queue full: {_queuedItems} of {Options.MaxQueueSize} images waiting, request has {items}"
+            : null;
+    }
+
+    /// <summary>
+    /// Graceful shutdown: stops admitting (new requests fail with <see cref="RejectionReason.ShuttingDown"/>), runs
+    /// everything queued without waiting for <see cref="BatchingOptions.MaxQueueDelay"/>, and completes when the queue
+    /// is empty and no batch runs. If <paramref name="cancellationToken"/> is cancelled first, fails what is still
+    /// queued with <see cref="RejectionReason.ShuttingDown"/> and throws <see cref="OperationCanceledException"/>;
+    /// running batches still finish (<see cref="DisposeAsync"/> waits for them).
+    /// </summary>
+    public async Task DrainAsync(CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+        {
+            _stopping = true;
+            _version++;
+            SetDrainedIfIdleLocked();
+        }
+
+        Wake();
+        try
+        {
+            await _drained.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            FailQueued("shutting down: the drain was cancelled while the request was queued");
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Stops admitting, fails queued requests with <see cref="RejectionReason.ShuttingDown"/>, waits for running
+    /// batches and stops the dispatch loop.
+    /// </summary>
+    public async ValueTask DisposeAsync()
+    {
+        lock (_lock)
+        {
+            _stopping = true;
+            _disposed = true;
+            _version++;
+            SetDrainedIfIdleLocked();
+        }
+
+        FailQueued("shutting down: the batcher was disposed while the request was queued");
+        Wake();
+        await _loop.ConfigureAwait(false);
+        await _drained.Task.ConfigureAwait(false);
+    }
+
+    private async Task DispatchLoopAsync()
+    {
+        // Runs no user code (batches run on their own tasks), so nothing here can throw from the handler.
+        while (true)
+        {
+            var version = Volatile.Read(ref _version);
+            var now = _timeProvider.GetUtcNow();
+            Batch? batch = null;
+            var decision = BatchDecision.Idle;
+            TaskCompletionSource? wake = null;
+            lock (_lock)
+            {
+                if (_disposed)
+                {
+                    return;
+                }
+
+                if (_version != version)
+                {
+                    continue;
+                }
+
+                if (_runningBatches < Options.ModelInstances && _queue.First is { } oldest)
+                {
+                    // While draining nothing more can arrive, so waiting could not grow the batch.
+                    var delay = _stopping ? TimeSpan.Zero : Options.MaxQueueDelay;
+                    decision = BatchDecision.Decide(_queuedItems, oldest.Value.EnqueuedAt, now, Options.MaxBatchSize, delay);
+                    if (decision.Action == BatchAction.Dispatch)
+                    {
+                        batch = TakeBatchLocked(decision.BatchSize, now);
+                    }
+                }
+
+                if (batch is null)
+                {
+                    wake = _wake = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                }
+            }
+
+            if (batch is not null)
+            {
+                // Task.Run: a handler that blocks before its first await must not stall the loop.
+                _ = Task.Run(() => RunBatchAsync(batch));
+                continue;
+            }
+
+            ITimer? timer = null;
+            if (decision.Action == BatchAction.Wait)
+            {
+                timer = _timeProvider.CreateTimer(static s => ((DynamicBatcher<TInput, TOutput>)s!).Wake(), this,
+                                                  decision.WaitUntil - now, Timeout.InfiniteTimeSpan);
+                // The clock may have moved between reading it and arming the relative timer; don't sleep past due.
+                if (_timeProvider.GetUtcNow() >= decision.WaitUntil)
+                {
+                    Wake();
+                }
+            }
+
+            await wake!.Task.ConfigureAwait(false);
+            timer?.Dispose();
+        }
+    }
+
+    private Batch TakeBatchLocked(int size, DateTimeOffset startedAt)
+    {
+        Debug.Assert(size > 0 && size <= _queuedItems && size <= Options.MaxBatchSize);
+        var inputs = new List<TInput>(size);
+        var segments = new List<Segment>();
+        while (inputs.Count < size)
+        {
+            var request = _queue.First!.Value;
+            var take = Math.Min(size - inputs.Count, request.Undispatched);
+            segments.Add(new Segment(request, request.Dispatched, inputs.Count, take));
+            for (var i = 0; i < take; i++)
+            {
+                inputs.Add(request.Items[request.Dispatched + i]);
+            }
+
+            request.Dispatched += take;
+            if (request.Undispatched == 0)
+            {
+                _queue.RemoveFirst();
+                request.Node = null;
+            }
+        }
+
+        _queuedItems -= size;
+        _runningBatches++;
+        AssertInvariantsLocked();
+        return new Batch(inputs, segments, startedAt);
+    }
+
+    private async Task RunBatchAsync(Batch batch)
+    {
+        var size = batch.Inputs.Count;
+        IReadOnlyList<TOutput>? outputs = null;
+        Exception? error = null;
+        try
+        {
+            _observer.BatchStarted(size);
+            // Not cancellable: the batch may serve live requests next to cancelled ones, and disposal waits for it.
+            outputs = await _handler.ExecuteAsync(batch.Inputs, CancellationToken.None).ConfigureAwait(false);
+            if (outputs is null || outputs.Count != size)
+            {
+                throw new InvalidOperationException(
+                    $"The batch handler returned {outputs?.Count.ToString() ?? "null"} outputs for {size} inputs.");
+            }
+        }
+        catch (Exception e)
+        {
+            error = e;
+        }
+
+        var duration = _timeProvider.GetUtcNow() - batch.StartedAt;
+        try
+        {
+            _observer.BatchCompleted(size, duration, error);
+        }
+        finally
+        {
+            CompleteBatch(batch, error is null ? outputs : null, error, duration);
+        }
+    }
+
+    private void CompleteBatch(Batch batch, IReadOnlyList<TOutput>? outputs, Exception? error, TimeSpan duration)
+    {
+        var size = batch.Inputs.Count;
+        var answered = new List<(Request Request, int ItemsInBatch)>();
+        lock (_lock)
+        {
+            _runningBatches--;
+            _version++;
+            foreach (var segment in batch.Segments)
+            {
+                var request = segment.Request;
+                if (request.Done)
+                {
+                    continue;
+                }
+
+                if (error is null)
+                {
+                    // The wall clock may step back.
+                    var queueTime = batch.StartedAt > request.EnqueuedAt ? batch.StartedAt - request.EnqueuedAt : TimeSpan.Zero;
+                    for (var i = 0; i < segment.Count; i++)
+                    {
+                        request.Results[segment.RequestIndex + i] =
+                            new ItemResult<TOutput>(outputs![segment.BatchIndex + i], queueTime, duration, size);
+                    }
+
+                    request.Unanswered -= segment.Count;
+                    if (request.Unanswered > 0)
+                    {
+                        continue;
+                    }
+                }
+
+                RemoveLocked(request);
+                answered.Add((request, segment.Count));
+            }
+
+            SetDrainedIfIdleLocked();
+            AssertInvariantsLocked();
+        }
+
+        Wake();
+        foreach (var (request, itemsInBatch) in answered)
+        {
+            request.DisposeHooks();
+            if (error is null)
+            {
+                request.TrySetResult(request.Results);
+            }
+            else
+            {
+                request.TrySetException(new BatchExecutionException(
+                    $"a batch of {size} images holding {itemsInBatch} of this request's {request.Items.Count} images failed",
+                    error));
+            }
+        }
+    }
+
+    private void OnDeadline(Request request)
+    {
+        int undispatched;
+        bool admitted;
+        lock (_lock)
+        {
+            // Once every item is dispatched the request is in the model's hands; the deadline no longer applies.
+            if (request.Done || request.Undispatched == 0)
+            {
+                return;
+            }
+
+            undispatched = request.Undispatched;
+            admitted = request.Node is not null;
+            RemoveLocked(request);
+        }
+
+        if (admitted)
+        {
+            request.DisposeHooks();
+        }
+
+        _observer.RequestRejected(RejectionReason.DeadlineExceeded, request.Items.Count);
+        request.TrySetException(new BatchRejectedException(RejectionReason.DeadlineExceeded,
+            $"deadline exceeded: {undispatched} of {request.Items.Count} images were still queued at the deadline"));
+    }
+
+    private void OnCancelled(Request request)
+    {
+        bool admitted;
+        lock (_lock)
+        {
+            if (request.Done || request.Undispatched == 0)
+            {
+                return;
+            }
+
+            admitted = request.Node is not null;
+            RemoveLocked(request);
+        }
+
+        if (admitted)
+        {
+            request.DisposeHooks();
+        }
+
+        _observer.RequestCancelled(request.Items.Count);
+        request.TrySetCanceled(request.CancellationToken);
+    }
+
+    /// <summary>Answers a request already marked done that never entered the queue.</summary>
+    private void Reject(Request request, RejectionReason reason, string message)
+    {
+        Debug.Assert(request.Done && request.Node is null);
+        request.DisposeHooks();
+        _observer.RequestRejected(reason, request.Items.Count);
+        request.TrySetException(new BatchRejectedException(reason, message));
+    }
+
+    private void FailQueued(string message)
+    {
+        List<Request> failed;
+        lock (_lock)
+        {
+            failed = [.. _queue];
+            foreach (var request in failed)
+            {
+                RemoveLocked(request);
+            }
+        }
+
+        foreach (var request in failed)
+        {
+            request.DisposeHooks();
+            _observer.RequestRejected(RejectionReason.ShuttingDown, request.Items.Count);
+            request.TrySetException(new BatchRejectedException(RejectionReason.ShuttingDown, message));
+        }
+    }
+
+    /// <summary>Marks the request answered and drops its undispatched items; the caller completes its task.</summary>
+    private void RemoveLocked(Request request)
+    {
+        Debug.Assert(!request.Done);
+        request.Done = true;
+        if (request.Node is { } node)
+        {
+            _queue.Remove(node);
+            request.Node = null;
+            _queuedItems -= request.Undispatched;
+        }
+
+        SetDrainedIfIdleLocked();
+    }
+
+    private void SetDrainedIfIdleLocked()
+    {
+        if (_stopping && _queuedItems == 0 && _runningBatches == 0)
+        {
+            _drained.TrySetResult();
+        }
+    }
+
+    private void Wake()
+    {
+        TaskCompletionSource? wake;
+        lock (_lock)
+        {
+            wake = _wake;
+            _wake = null;
+        }
+
+        wake?.TrySetResult();
+    }
+
+    [Conditional("DEBUG")]
+    private void AssertInvariantsLocked()
+    {
+        Debug.Assert(_runningBatches >= 0 && _runningBatches <= Options.ModelInstances);
+        Debug.Assert(_queuedItems >= 0 && _queuedItems <= Options.MaxQueueSize);
+        var sum = 0;
+        foreach (var request in _queue)
+        {
+            Debug.Assert(!request.Done && request.Undispatched > 0);
+            sum += request.Undispatched;
+        }
+
+        Debug.Assert(sum == _queuedItems);
+    }
+
+    private sealed class Request(DynamicBatcher<TInput, TOutput> batcher, IReadOnlyList<TInput> items,
+                                 DateTimeOffset enqueuedAt, CancellationToken cancellationToken)
+        : TaskCompletionSource<ItemResult<TOutput>[]>(TaskCreationOptions.RunContinuationsAsynchronously)
+    {
+        public DynamicBatcher<TInput, TOutput> Batcher { get; } = batcher;
+        public IReadOnlyList<TInput> Items { get; } = items;
+        public DateTimeOffset EnqueuedAt { get; } = enqueuedAt;
+        public CancellationToken CancellationToken { get; } = cancellationToken;
+        public ItemResult<TOutput>[] Results { get; } = new ItemResult<TOutput>[items.Count];
+
+        // Guarded by the batcher's lock.
+        public LinkedListNode<Request>? Node { get; set; }
+        public int Dispatched { get; set; }
+        public int Unanswered { get; set; } = items.Count;
+        public bool Done { get; set; }
+        public int Undispatched => Items.Count - Dispatched;
+
+        public ITimer? DeadlineTimer { get; set; }
+        public CancellationTokenRegistration Registration { get; set; }
+
+        // Never under the batcher's lock: disposing a registration waits for its running callback, which takes it.
+        public void DisposeHooks()
+        {
+            DeadlineTimer?.Dispose();
+            Registration.Dispose();
+        }
+    }
+
+    private readonly record struct Segment(Request Request, int RequestIndex, int BatchIndex, int Count);
+
+    private sealed record Batch(List<TInput> Inputs, List<Segment> Segments, DateTimeOffset StartedAt);
+}

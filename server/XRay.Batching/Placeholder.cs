@@ -1,1 +1,0 @@
-namespace XRay.Batching; internal static class Placeholder { }
