@@ -1,1 +1,1 @@
-Console.WriteLine("placeholder");
+return await XRay.Cli.CliApp.RunAsync(args, Console.Out, Console.Error);

@@ -1,0 +1,155 @@
+using System.CommandLine;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Google.Protobuf;
+using Grpc.Core;
+using XRay.Client;
+using XRay.Contracts.V1;
+
+namespace XRay.Cli;
+
+/// <summary>The <c>xray</c> command line: classify image files, show the model, check health.</summary>
+internal static class CliApp
+{
+    public const string DefaultServer = "http://127.0.0.1:5051";
+
+    public static Task<int> RunAsync(string[] args, TextWriter output, TextWriter error)
+    {
+        var server = new Option<string>("--server", "-s")
+        {
+            Description = "Server address (http://host:port).",
+            DefaultValueFactory = _ => Environment.GetEnvironmentVariable("XRAY_SERVER") ?? DefaultServer,
+            Recursive = true,
+        };
+        var timeout = new Option<double>("--timeout")
+        {
+            Description = "Deadline of each call, in seconds.",
+            DefaultValueFactory = _ => 30,
+            Recursive = true,
+        };
+        var json = new Option<bool>("--json") { Description = "Print JSON instead of a table.", Recursive = true };
+
+        var files = new Argument<FileInfo[]>("files") { Description = "PNG or JPEG chest X-rays.", Arity = ArgumentArity.OneOrMore };
+        var classify = new Command("classify", "Classify image files (PNG or JPEG) and print the findings.") { files };
+        classify.SetAction((result, ct) => Run(result, server, timeout, error, client =>
+            ClassifyAsync(client, result.GetValue(files)!, result.GetValue(json), output, error, ct)));
+
+        var info = new Command("info", "Show the served model: classes, thresholds, inputs, batching.");
+        info.SetAction((result, ct) => Run(result, server, timeout, error, async client =>
+        {
+            ModelInfo model = await client.GetModelInfoAsync(ct);
+            output.WriteLine(result.GetValue(json) ? JsonFormatter.Default.Format(model) : Describe(model));
+            return 0;
+        }));
+
+        var health = new Command("health", "Check the server's gRPC health (exit 0 when SERVING).");
+        health.SetAction((result, ct) => Run(result, server, timeout, error, async client =>
+        {
+            var status = await client.CheckHealthAsync(cancellationToken: ct);
+            output.WriteLine(status.ToString().ToUpperInvariant());
+            return status == Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.Serving ? 0 : 1;
+        }));
+
+        var root = new RootCommand("XRay Serving client: multi-label chest X-ray classification over gRPC.")
+        {
+            server, timeout, json, classify, info, health,
+        };
+        var configuration = new InvocationConfiguration { Output = output, Error = error };
+        return root.Parse(args).InvokeAsync(configuration);
+    }
+
+    private static async Task<int> Run(ParseResult result, Option<string> server, Option<double> timeout, TextWriter error,
+        Func<XRayClassifierClient, Task<int>> action)
+    {
+        string address = result.GetValue(server)!;
+        try
+        {
+            using var client = new XRayClassifierClient(address, new XRayClientOptions
+            {
+                Timeout = TimeSpan.FromSeconds(result.GetValue(timeout)),
+                MaxAttempts = 1,
+            });
+            return await action(client);
+        }
+        catch (RpcException ex) when (ex.StatusCode == StatusCode.Unavailable)
+        {
+            error.WriteLine($"error: cannot reach an XRay server at {address}: {ex.Status.Detail}");
+            return 3;
+        }
+        catch (RpcException ex)
+        {
+            error.WriteLine($"error: the server answered {ex.StatusCode}: {ex.Status.Detail}");
+            return 4;
+        }
+        catch (UriFormatException ex)
+        {
+            error.WriteLine($"error: '{address}' is not a server address ({ex.Message}); use http://host:port");
+            return 2;
+        }
+    }
+
+    private static async Task<int> ClassifyAsync(XRayClassifierClient client, FileInfo[] files, bool asJson,
+        TextWriter output, TextWriter error, CancellationToken cancellationToken)
+    {
+        FileInfo? missing = files.FirstOrDefault(file => !file.Exists);
+        if (missing is not null)
+        {
+            error.WriteLine($"error: no such file: {missing.FullName}");
+            return 2;
+        }
+
+        ModelInfo model = await client.GetModelInfoAsync(cancellationToken);
+        ClassifyResponse response = await client.ClassifyFilesAsync(files.Select(file => file.FullName), cancellationToken);
+        if (asJson)
+        {
+            var array = new JsonArray();
+            for (int i = 0; i < files.Length; i++)
+            {
+                array.Add(ToJson(files[i].Name, response.Predictions[i], model));
+            }
+            output.WriteLine(array.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            return 0;
+        }
+
+        for (int i = 0; i < files.Length; i++)
+        {
+            Prediction prediction = response.Predictions[i];
+            string findings = prediction.Findings.Count == 0 ? "none above threshold" : string.Join(", ", prediction.Findings.Select(f => f.Name));
+            output.WriteLine($"{files[i].Name}: {findings}");
+            output.WriteLine($"  {"finding",-20} {"probability",11} {"threshold",9}");
+            foreach (int c in Enumerable.Range(0, model.ClassNames.Count).OrderByDescending(c => prediction.Probabilities[c]))
+            {
+                string mark = prediction.Probabilities[c] >= model.Thresholds[c] ? " *" : "";
+                output.WriteLine($"  {model.ClassNames[c],-20} {prediction.Probabilities[c],11:F4} {model.Thresholds[c],9:F2}{mark}");
+            }
+            output.WriteLine($"  (batch of {prediction.Timing.BatchSize}, queued {prediction.Timing.QueueUs} us, compute {prediction.Timing.ComputeUs} us)");
+        }
+        output.WriteLine($"model {response.ModelName} {response.ModelVersion}; * = at or above threshold");
+        return 0;
+    }
+
+    private static JsonObject ToJson(string file, Prediction prediction, ModelInfo model)
+    {
+        var probabilities = new JsonObject();
+        for (int c = 0; c < model.ClassNames.Count; c++)
+        {
+            probabilities[model.ClassNames[c]] = prediction.Probabilities[c];
+        }
+        return new JsonObject
+        {
+            ["file"] = file,
+            ["findings"] = new JsonArray(prediction.Findings.Select(f => (JsonNode)f.Name).ToArray()),
+            ["probabilities"] = probabilities,
+            ["batchSize"] = prediction.Timing.BatchSize,
+        };
+    }
+
+    private static string Describe(ModelInfo model) => string.Join(Environment.NewLine,
+    [
+        $"model         {model.Name} {model.Version} ({model.Architecture}) on {model.Device}, {model.Precision}",
+        $"classes       {string.Join(", ", model.ClassNames.Select((name, c) => $"{name}@{model.Thresholds[c]:F2}"))}",
+        $"preprocessing resize {model.Preprocessing.ResizeSize}, crop {model.Preprocessing.CropSize}, {model.Preprocessing.Color}, mean [{string.Join(", ", model.Preprocessing.Mean)}], std [{string.Join(", ", model.Preprocessing.Std)}]",
+        $"batching      max batch {model.Batching.MaxBatchSize}, max queue delay {model.Batching.MaxQueueDelayUs} us, queue {model.Batching.MaxQueueSize} images, {model.Batching.ModelInstances} instance(s)",
+        $"description   {model.Description}",
+    ]);
+}

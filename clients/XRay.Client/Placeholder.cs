@@ -1,1 +1,0 @@
-namespace XRay.Client; internal static class Placeholder { }

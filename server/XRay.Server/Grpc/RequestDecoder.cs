@@ -1,0 +1,123 @@
+using System.Runtime.InteropServices;
+using XRay.Contracts.V1;
+using XRay.Model;
+
+namespace XRay.Server.Grpc;
+
+/// <summary>A request the server cannot classify; the message says exactly what is wrong.</summary>
+public sealed class InvalidRequestException(string message) : Exception(message);
+
+/// <summary>Turns a <see cref="ClassifyRequest"/> into normalised CHW images, one array per image.</summary>
+internal static class RequestDecoder
+{
+    public static float[][] Decode(ClassifyRequest request, ImagePreprocessor preprocessor, int maxImages)
+    {
+        return request.InputCase switch
+        {
+            ClassifyRequest.InputOneofCase.Tensor => DecodeTensor(request.Tensor, preprocessor, maxImages),
+            ClassifyRequest.InputOneofCase.Encoded => DecodeEncoded(request.Encoded, preprocessor, maxImages),
+            _ => throw new InvalidRequestException("The request has no input: set tensor or encoded."),
+        };
+    }
+
+    private static float[][] DecodeEncoded(EncodedImages encoded, ImagePreprocessor preprocessor, int maxImages)
+    {
+        int count = encoded.Images.Count;
+        if (count == 0)
+        {
+            throw new InvalidRequestException("encoded.images is empty: send at least one PNG or JPEG image.");
+        }
+        CheckCount(count, maxImages);
+
+        var images = new float[count][];
+        for (int i = 0; i < count; i++)
+        {
+            images[i] = new float[preprocessor.OutputLength];
+            try
+            {
+                preprocessor.Decode(encoded.Images[i].Span, images[i]);
+            }
+            catch (InvalidImageException ex)
+            {
+                throw new InvalidRequestException($"encoded.images[{i}]: {ex.Message}");
+            }
+        }
+        return images;
+    }
+
+    private static float[][] DecodeTensor(Tensor tensor, ImagePreprocessor preprocessor, int maxImages)
+    {
+        int size = preprocessor.Spec.CropSize;
+        var shape = tensor.Shape;
+        string shown = $"[{string.Join(",", shape)}]";
+        if (shape.Count is not (3 or 4))
+        {
+            throw new InvalidRequestException(
+                $"tensor.shape {shown} has {shape.Count} dimensions; expected [C,{size},{size}] or [N,C,{size},{size}] with C = 1 or 3.");
+        }
+
+        long count = shape.Count == 4 ? shape[0] : 1;
+        long channels = shape[^3];
+        if (count < 1 || channels is not (1 or 3) || shape[^2] != size || shape[^1] != size)
+        {
+            throw new InvalidRequestException(
+                $"tensor.shape {shown} is not accepted; expected [C,{size},{size}] or [N,C,{size},{size}] with N >= 1 and C = 1 or 3.");
+        }
+        CheckCount(count, maxImages);
+
+        int elementSize = tensor.Dtype switch
+        {
+            DataType.Float32 => sizeof(float),
+            DataType.Uint8 => sizeof(byte),
+            _ => throw new InvalidRequestException($"tensor.dtype {tensor.Dtype} is not accepted; use DATA_TYPE_FLOAT32 or DATA_TYPE_UINT8."),
+        };
+        int imageElements = (int)channels * size * size;
+        long expectedBytes = count * imageElements * elementSize;
+        ReadOnlySpan<byte> data = tensor.Data.Span;
+        if (data.Length != expectedBytes)
+        {
+            throw new InvalidRequestException(
+                $"tensor.data has {data.Length} bytes; shape {shown} of {tensor.Dtype} needs {expectedBytes}.");
+        }
+
+        var images = new float[count][];
+        for (int i = 0; i < count; i++)
+        {
+            images[i] = new float[preprocessor.OutputLength];
+            ReadOnlySpan<byte> bytes = data.Slice(i * imageElements * elementSize, imageElements * elementSize);
+            if (tensor.Dtype == DataType.Uint8)
+            {
+                preprocessor.NormalizeUInt8(bytes, (int)channels, images[i]);
+            }
+            else
+            {
+                // The wire format is little-endian, as is every platform .NET runs this server on.
+                ReadOnlySpan<float> floats = MemoryMarshal.Cast<byte, float>(bytes);
+                int bad = IndexOfNonFinite(floats);
+                if (bad >= 0)
+                {
+                    throw new InvalidRequestException($"tensor.data holds {floats[bad]} at image {i}, element {bad}; values must be finite.");
+                }
+                preprocessor.CopyFloat(floats, (int)channels, images[i]);
+            }
+        }
+        return images;
+    }
+
+    private static int IndexOfNonFinite(ReadOnlySpan<float> values)
+    {
+        for (int i = 0; i < values.Length; i++)
+        {
+            if (!float.IsFinite(values[i])) return i;
+        }
+        return -1;
+    }
+
+    private static void CheckCount(long count, int maxImages)
+    {
+        if (count > maxImages)
+        {
+            throw new InvalidRequestException($"The request has {count} images; at most {maxImages} are accepted per request.");
+        }
+    }
+}

@@ -1,0 +1,82 @@
+using System.Runtime.InteropServices;
+
+namespace XRay.Server.Hosting;
+
+/// <summary>
+/// Puts jemalloc under TorchSharp. glibc malloc returns large tensor buffers to the kernel and re-faults their
+/// pages on every forward; with jemalloc (and its decay disabled) DenseNet-121 at batch 32 ran 6.8x faster on
+/// the reference machine. LD_PRELOAD only works from process start, so the server re-executes itself once,
+/// in place (execve: same PID, same arguments), with the allocator preloaded.
+/// </summary>
+/// <remarks>
+/// Skipped when jemalloc is already loaded, not installed (Debian: <c>libjemalloc2</c>), the process has
+/// re-executed once already, or <c>XRAY_ALLOCATOR=system</c> is set.
+/// </remarks>
+internal static class NativeAllocator
+{
+    public const string DefaultMallocConf = "dirty_decay_ms:-1,muzzy_decay_ms:-1";
+    private const string ReexecMarker = "XRAY_ALLOCATOR_REEXEC";
+
+    private static readonly string[] JemallocCandidates =
+    [
+        "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+        "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+        "/usr/lib64/libjemalloc.so.2",
+        "/usr/lib/libjemalloc.so.2",
+        "/usr/local/lib/libjemalloc.so.2",
+    ];
+
+    /// <summary>Re-executes the process with jemalloc preloaded where that helps; returns only if it did not.</summary>
+    public static void PreloadJemalloc()
+    {
+        if (!OperatingSystem.IsLinux()
+            || Environment.GetEnvironmentVariable("XRAY_ALLOCATOR") == "system"
+            || Environment.GetEnvironmentVariable(ReexecMarker) == "1"
+            || IsJemallocLoaded()
+            || Environment.ProcessPath is not { } executable)
+        {
+            return;
+        }
+        string? library = JemallocCandidates.FirstOrDefault(File.Exists);
+        if (library is null)
+        {
+            return;
+        }
+
+        // /proc/self/cmdline is the exact argv this process got (NUL-terminated), so `dotnet x.dll` and an apphost both work.
+        string[] argv = File.ReadAllText("/proc/self/cmdline").Split('\0')[..^1];
+        var environment = Environment.GetEnvironmentVariables().Cast<System.Collections.DictionaryEntry>()
+            .ToDictionary(entry => (string)entry.Key, entry => (string?)entry.Value ?? "");
+        environment["LD_PRELOAD"] = environment.TryGetValue("LD_PRELOAD", out string? preload) && preload.Length > 0
+            ? $"{library}:{preload}"
+            : library;
+        environment.TryAdd("MALLOC_CONF", DefaultMallocConf);
+        environment[ReexecMarker] = "1";
+
+        IntPtr[] nativeArgv = ToNative(argv);
+        IntPtr[] nativeEnvironment = ToNative(environment.Select(pair => $"{pair.Key}={pair.Value}"));
+        Execve(executable, nativeArgv, nativeEnvironment);
+
+        // execve returned: it failed. Carry on with the system allocator.
+        Console.Error.WriteLine($"warning: could not re-execute with {library} preloaded (errno {Marshal.GetLastPInvokeError()}); using the system allocator.");
+    }
+
+    /// <summary>Which allocator this process runs on, for the start-up log.</summary>
+    public static string Describe()
+    {
+        if (!OperatingSystem.IsLinux()) return "system";
+        if (IsJemallocLoaded()) return $"jemalloc (MALLOC_CONF={Environment.GetEnvironmentVariable("MALLOC_CONF")})";
+        return Environment.GetEnvironmentVariable("XRAY_ALLOCATOR") == "system"
+            ? "glibc malloc (XRAY_ALLOCATOR=system)"
+            : "glibc malloc: install libjemalloc2 for much faster large-batch inference";
+    }
+
+    private static bool IsJemallocLoaded() =>
+        File.ReadLines("/proc/self/maps").Any(line => line.Contains("libjemalloc", StringComparison.Ordinal));
+
+    private static IntPtr[] ToNative(IEnumerable<string> strings) =>
+        [.. strings.Select(Marshal.StringToCoTaskMemUTF8), IntPtr.Zero];
+
+    [DllImport("libc.so.6", EntryPoint = "execve", SetLastError = true)]
+    private static extern int Execve([MarshalAs(UnmanagedType.LPUTF8Str)] string path, IntPtr[] argv, IntPtr[] envp);
+}

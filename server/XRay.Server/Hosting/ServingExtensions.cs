@@ -1,0 +1,75 @@
+using Grpc.HealthCheck;
+using Microsoft.Extensions.Options;
+using XRay.Batching;
+using XRay.Server.Grpc;
+using XRay.Server.Model;
+
+namespace XRay.Server.Hosting;
+
+public static class ServingExtensions
+{
+    /// <summary>Command-line shortcuts for the settings users change most.</summary>
+    public static readonly IReadOnlyDictionary<string, string> SwitchMappings = new Dictionary<string, string>
+    {
+        ["--model"] = "Model:Path",
+        ["--device"] = "Model:Device",
+        ["--precision"] = "Model:Precision",
+        ["--warmup"] = "Model:Warmup",
+        ["--max-batch-size"] = "Batching:MaxBatchSize",
+        ["--max-queue-delay-us"] = "Batching:MaxQueueDelayMicroseconds",
+        ["--max-queue-size"] = "Batching:MaxQueueSize",
+        ["--model-instances"] = "Batching:ModelInstances",
+        ["--grpc-url"] = "Kestrel:Endpoints:Grpc:Url",
+        ["--metrics-url"] = "Kestrel:Endpoints:Metrics:Url",
+    };
+
+    public static IServiceCollection AddXrayServing(this IServiceCollection services, IConfiguration configuration)
+    {
+        services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.SectionName))
+            .ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<BatchingOptions>().Bind(configuration.GetSection(BatchingOptions.SectionName))
+            .ValidateDataAnnotations()
+            .Validate(options => Validates(options.Validate), "Batching options are inconsistent (MaxQueueSize must be >= MaxBatchSize).")
+            .ValidateOnStart();
+        services.AddOptions<ServingOptions>().Bind(configuration.GetSection(ServingOptions.SectionName))
+            .ValidateDataAnnotations().ValidateOnStart();
+
+        services.AddGrpc();
+        services.AddOptions<global::Grpc.AspNetCore.Server.GrpcServiceOptions>()
+            .Configure<IOptions<ServingOptions>>((grpc, serving) => grpc.MaxReceiveMessageSize = serving.Value.MaxReceiveMessageBytes);
+        services.AddGrpcReflection();
+
+        services.AddSingleton(TimeProvider.System);
+        services.AddSingleton<HealthServiceImpl>();
+        services.AddSingleton<IModelBackendFactory, TorchModelBackendFactory>();
+        services.AddSingleton<ModelHost>();
+        services.AddHostedService(provider => provider.GetRequiredService<ModelHost>());
+        return services;
+    }
+
+    public static IEndpointRouteBuilder MapXrayServing(this IEndpointRouteBuilder endpoints)
+    {
+        endpoints.MapGrpcService<ClassifierService>();
+        endpoints.MapGrpcService<HealthServiceImpl>();
+        endpoints.MapGrpcReflectionService();
+
+        // Plain HTTP probes for orchestrators that do not speak gRPC health (served on the HTTP/1.1 endpoint).
+        endpoints.MapGet("/healthz", () => Results.Text("ok"));
+        endpoints.MapGet("/readyz", (ModelHost host) =>
+            host.Current is null ? Results.Text("model loading", statusCode: 503) : Results.Text("ready"));
+        return endpoints;
+    }
+
+    private static bool Validates(Action validate)
+    {
+        try
+        {
+            validate();
+            return true;
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+    }
+}

@@ -1,0 +1,166 @@
+using Grpc.Health.V1;
+using Grpc.HealthCheck;
+using Microsoft.Extensions.Options;
+using XRay.Batching;
+using XRay.Model;
+
+namespace XRay.Server.Model;
+
+/// <summary>The model as served: backend, preprocessing and the batcher in front of it.</summary>
+public sealed record ServedModel(
+    IModelBackend Backend,
+    ImagePreprocessor Preprocessor,
+    DynamicBatcher<float[], float[]> Batcher,
+    IReadOnlyList<float> Thresholds)
+{
+    public ModelManifest Manifest => Backend.Manifest;
+}
+
+/// <summary>
+/// Owns the served model's lifetime. Loads and warms it up in the background at start-up, so that health
+/// reports NOT_SERVING (and calls get UNAVAILABLE) until it can answer at full speed; on shutdown stops
+/// admitting requests and lets the queued ones finish.
+/// </summary>
+public sealed partial class ModelHost(
+    IModelBackendFactory factory,
+    IOptions<ModelOptions> modelOptions,
+    IOptions<BatchingOptions> batchingOptions,
+    HealthServiceImpl health,
+    IHostApplicationLifetime lifetime,
+    TimeProvider timeProvider,
+    ILogger<ModelHost> logger) : IHostedService, IAsyncDisposable
+{
+    /// <summary>The health service name clients check (the empty name means the whole server).</summary>
+    public const string ServiceName = "xray.v1.Classifier";
+
+    private readonly CancellationTokenSource _stopping = new();
+    private Task _loading = Task.CompletedTask;
+    private Task? _draining;
+    private volatile ServedModel? _current;
+    private int _disposed;
+
+    /// <summary>The model, once loaded and warmed up; null before that.</summary>
+    public ServedModel? Current => _current;
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        SetHealth(HealthCheckResponse.Types.ServingStatus.NotServing);
+        lifetime.ApplicationStopping.Register(BeginDrain);
+        _loading = Task.Run(() => LoadAsync(_stopping.Token), CancellationToken.None);
+        return Task.CompletedTask;
+    }
+
+    private async Task LoadAsync(CancellationToken cancellationToken)
+    {
+        ModelOptions options = modelOptions.Value;
+        BatchingOptions batching = batchingOptions.Value;
+        try
+        {
+            long started = timeProvider.GetTimestamp();
+            IModelBackend backend = factory.Create(options, batching.ModelInstances);
+            ModelManifest manifest = backend.Manifest;
+            LogLoaded(logger, manifest.Name, manifest.Version, manifest.Architecture, backend.Device, backend.Precision,
+                timeProvider.GetElapsedTime(started).TotalSeconds);
+
+            IReadOnlyList<int> sizes = options.WarmupBatchSizes(batching.MaxBatchSize);
+            started = timeProvider.GetTimestamp();
+            await backend.WarmUpAsync(sizes, cancellationToken).ConfigureAwait(false);
+            LogWarmedUp(logger, string.Join(",", sizes), timeProvider.GetElapsedTime(started).TotalSeconds);
+
+            var batcher = new DynamicBatcher<float[], float[]>(new ImageBatchHandler(backend), batching, timeProvider);
+            _current = new ServedModel(backend, new ImagePreprocessor(manifest.Preprocessing), batcher, manifest.EffectiveThresholds);
+            if (_stopping.IsCancellationRequested)
+            {
+                return;
+            }
+            SetHealth(HealthCheckResponse.Types.ServingStatus.Serving);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+        }
+        catch (Exception ex)
+        {
+            // Serving without a model is pointless: fail loudly and exit non-zero.
+            LogLoadFailed(logger, ex);
+            Environment.ExitCode = 1;
+            lifetime.StopApplication();
+        }
+    }
+
+    private void BeginDrain()
+    {
+        SetHealth(HealthCheckResponse.Types.ServingStatus.NotServing);
+        _stopping.Cancel();
+        if (_current is { } model)
+        {
+            LogDraining(logger, model.Batcher.QueuedItems);
+            _draining = model.Batcher.DrainAsync();
+        }
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (!_stopping.IsCancellationRequested)
+        {
+            BeginDrain();
+        }
+        try
+        {
+            await _loading.WaitAsync(cancellationToken).ConfigureAwait(false);
+            _draining ??= _current?.Batcher.DrainAsync(cancellationToken);
+            if (_draining is not null)
+            {
+                await _draining.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            LogDrainTimedOut(logger);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        // The container disposes it twice: as the singleton and as the hosted service resolved from it.
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
+        _stopping.Cancel();
+        try
+        {
+            await _loading.ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        if (_current is { } model)
+        {
+            await model.Batcher.DisposeAsync().ConfigureAwait(false);
+            model.Backend.Dispose();
+        }
+        _stopping.Dispose();
+    }
+
+    private void SetHealth(HealthCheckResponse.Types.ServingStatus status)
+    {
+        health.SetStatus("", status);
+        health.SetStatus(ServiceName, status);
+    }
+
+    [LoggerMessage(EventId = 1, Level = LogLevel.Information,
+        Message = "Loaded model {Name} {Version} ({Architecture}) on {Device} in {Precision} in {Seconds:F1} s")]
+    private static partial void LogLoaded(ILogger logger, string name, string version, string architecture, string device, string precision, double seconds);
+
+    [LoggerMessage(EventId = 2, Level = LogLevel.Information, Message = "Warmed up batch sizes {BatchSizes} in {Seconds:F1} s; serving")]
+    private static partial void LogWarmedUp(ILogger logger, string batchSizes, double seconds);
+
+    [LoggerMessage(EventId = 3, Level = LogLevel.Critical, Message = "The model failed to load; the server stops")]
+    private static partial void LogLoadFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = 4, Level = LogLevel.Information, Message = "Shutting down: no new requests; finishing {QueuedImages} queued images")]
+    private static partial void LogDraining(ILogger logger, int queuedImages);
+
+    [LoggerMessage(EventId = 5, Level = LogLevel.Warning, Message = "Shutdown timed out before the queue drained")]
+    private static partial void LogDrainTimedOut(ILogger logger);
+}

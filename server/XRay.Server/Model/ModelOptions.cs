@@ -1,0 +1,45 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace XRay.Server.Model;
+
+/// <summary>Which model to serve and how. Configuration section <c>Model</c>.</summary>
+public sealed class ModelOptions
+{
+    public const string SectionName = "Model";
+
+    /// <summary>
+    /// Checkpoint folder (manifest.json + weights). Empty (the default) serves the built-in default model.
+    /// Command line: <c>--model PATH</c>.
+    /// </summary>
+    public string? Path { get; set; }
+
+    /// <summary><c>auto</c> (default: cuda when available, else cpu), <c>cpu</c> or <c>cuda</c>. Command line: <c>--device</c>.</summary>
+    [RegularExpression("^(auto|cpu|cuda)$", ErrorMessage = "Model:Device must be auto, cpu or cuda.")]
+    public string Device { get; set; } = "auto";
+
+    /// <summary><c>fp32</c> (default) or <c>bf16</c>. Command line: <c>--precision</c>.</summary>
+    [RegularExpression("^(fp32|bf16)$", ErrorMessage = "Model:Precision must be fp32 or bf16.")]
+    public string Precision { get; set; } = "fp32";
+
+    /// <summary>
+    /// Batch sizes run once at start-up, before the server reports SERVING: <c>powers-of-two</c> (default:
+    /// 1, 2, 4, ... up to and including Batching:MaxBatchSize), <c>all</c> (every size 1..MaxBatchSize) or <c>none</c>.
+    /// </summary>
+    [RegularExpression("^(powers-of-two|all|none)$", ErrorMessage = "Model:Warmup must be powers-of-two, all or none.")]
+    public string Warmup { get; set; } = "powers-of-two";
+
+    public IReadOnlyList<int> WarmupBatchSizes(int maxBatchSize) => Warmup switch
+    {
+        "none" => [],
+        "all" => Enumerable.Range(1, maxBatchSize).ToArray(),
+        _ => PowersOfTwoUpTo(maxBatchSize),
+    };
+
+    private static int[] PowersOfTwoUpTo(int max)
+    {
+        var sizes = new List<int>();
+        for (int size = 1; size < max; size *= 2) sizes.Add(size);
+        sizes.Add(max);
+        return sizes.ToArray();
+    }
+}

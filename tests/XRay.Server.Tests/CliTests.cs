@@ -1,0 +1,67 @@
+using System.Text.Json;
+using XRay.Cli;
+using XRay.Server.Tests.Infrastructure;
+
+namespace XRay.Server.Tests;
+
+public sealed class CliTests
+{
+    private static async Task<(int Exit, string Output, string Error)> RunAsync(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int exit = await CliApp.RunAsync(args, output, error).WaitAsync(TestServer.Timeout);
+        return (exit, output.ToString(), error.ToString());
+    }
+
+    [Fact]
+    public async Task Classify_Files_PrintsOneResultPerFileAsJsonAndTable()
+    {
+        var backend = new FakeModelBackend();
+        await using var server = await TestServer.StartAsync(new FakeModelBackendFactory(backend));
+        string directory = Directory.CreateTempSubdirectory("xray-cli").FullName;
+        string a = Path.Combine(directory, "a.png"), b = Path.Combine(directory, "b.png");
+        await File.WriteAllBytesAsync(a, Images.Png(256, 256, 1));
+        await File.WriteAllBytesAsync(b, Images.Png(320, 240, 2));
+
+        var json = await RunAsync("classify", a, b, "--json", "--server", server.Address);
+        var table = await RunAsync("classify", a, "--server", server.Address);
+
+        Assert.Equal(0, json.Exit);
+        using var document = JsonDocument.Parse(json.Output);
+        Assert.Equal(["a.png", "b.png"], document.RootElement.EnumerateArray().Select(e => e.GetProperty("file").GetString()));
+        Assert.Equal(14, document.RootElement[0].GetProperty("probabilities").EnumerateObject().Count());
+        Assert.Equal(0, table.Exit);
+        Assert.Contains("a.png:", table.Output);
+        Assert.Contains("Atelectasis", table.Output);
+        Directory.Delete(directory, recursive: true);
+    }
+
+    [Fact]
+    public async Task InfoAndHealth_DescribeTheServer()
+    {
+        await using var server = await TestServer.StartAsync(new FakeModelBackendFactory(new FakeModelBackend()));
+
+        var info = await RunAsync("info", "--server", server.Address);
+        var health = await RunAsync("health", "--server", server.Address);
+
+        Assert.Equal(0, info.Exit);
+        Assert.Contains("fake 1.0.0", info.Output);
+        Assert.Equal(0, health.Exit);
+        Assert.Equal("SERVING", health.Output.Trim());
+    }
+
+    [Fact]
+    public async Task Classify_MissingFileOrUnreachableServer_ExplainsAndFails()
+    {
+        var missing = await RunAsync("classify", "/nonexistent/x.png", "--server", "http://127.0.0.1:1");
+        string file = Path.GetTempFileName();
+        var unreachable = await RunAsync("classify", file, "--server", "http://127.0.0.1:1", "--timeout", "5");
+        File.Delete(file);
+
+        Assert.Equal(2, missing.Exit);
+        Assert.Contains("no such file", missing.Error);
+        Assert.Equal(3, unreachable.Exit);
+        Assert.Contains("cannot reach", unreachable.Error);
+    }
+}

@@ -1,0 +1,100 @@
+using System.Collections.Concurrent;
+using XRay.Model;
+using XRay.Server.Model;
+
+namespace XRay.Server.Tests.Infrastructure;
+
+/// <summary>
+/// A model whose logits are a known function of each image (class c: mean(image) * (c + 1) - c / 10), whose
+/// batches can be held at a gate, and which can be told to fail: lets tests control timing without sleeping.
+/// </summary>
+internal sealed class FakeModelBackend : IModelBackend
+{
+    private readonly ConcurrentQueue<int> _batchSizes = new();
+    private volatile TaskCompletionSource _gate = Open();
+    private int _imagesComputed;
+
+    public FakeModelBackend(int classes = 14)
+    {
+        Manifest = new ModelManifest
+        {
+            Name = "fake",
+            Version = "1.0.0",
+            Architecture = "fake",
+            ClassNames = ChestXrayFindings.Nih14.Take(classes).ToArray(),
+            Description = "test double",
+        };
+    }
+
+    public ModelManifest Manifest { get; }
+    public string Device => "cpu";
+    public string Precision => "fp32";
+
+    /// <summary>Sizes of the batches started, in order.</summary>
+    public IReadOnlyCollection<int> BatchSizes => _batchSizes;
+
+    public int ImagesComputed => Volatile.Read(ref _imagesComputed);
+
+    /// <summary>Completes with the size of each batch as it starts running.</summary>
+    public event Action<int>? BatchStarted;
+
+    /// <summary>When set, the next batches throw this.</summary>
+    public Exception? Failure { get; set; }
+
+    /// <summary>Batches started from now on wait until <see cref="Release"/>.</summary>
+    public void Hold() => _gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public void Release() => _gate.TrySetResult();
+
+    public static float[] ExpectedLogits(ReadOnlySpan<float> image, int classes)
+    {
+        double sum = 0;
+        foreach (float value in image) sum += value;
+        float mean = (float)(sum / image.Length);
+        var logits = new float[classes];
+        for (int c = 0; c < classes; c++) logits[c] = mean * (c + 1) - c / 10f;
+        return logits;
+    }
+
+    public async Task<float[]> RunAsync(float[] input, int batchSize, CancellationToken cancellationToken)
+    {
+        _batchSizes.Enqueue(batchSize);
+        BatchStarted?.Invoke(batchSize);
+        await _gate.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (Failure is { } failure) throw failure;
+
+        Interlocked.Add(ref _imagesComputed, batchSize);
+        int classes = Manifest.ClassNames.Count, length = input.Length / batchSize;
+        var logits = new float[batchSize * classes];
+        for (int i = 0; i < batchSize; i++)
+        {
+            ExpectedLogits(input.AsSpan(i * length, length), classes).CopyTo(logits, i * classes);
+        }
+        return logits;
+    }
+
+    public Task WarmUpAsync(IEnumerable<int> batchSizes, CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public void Dispose()
+    {
+    }
+
+    private static TaskCompletionSource Open()
+    {
+        var open = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        open.SetResult();
+        return open;
+    }
+}
+
+/// <summary>Hands the server a given backend, optionally only once the test allows loading to finish.</summary>
+internal sealed class FakeModelBackendFactory(IModelBackend backend) : IModelBackendFactory
+{
+    public TaskCompletionSource? LoadGate { get; init; }
+
+    public IModelBackend Create(ModelOptions options, int modelInstances)
+    {
+        LoadGate?.Task.Wait(TimeSpan.FromSeconds(30));
+        return backend;
+    }
+}

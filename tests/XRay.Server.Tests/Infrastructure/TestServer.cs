@@ -1,0 +1,86 @@
+using Grpc.Health.V1;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Logging;
+using Grpc.Net.Client;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using XRay.Client;
+using XRay.Contracts.V1;
+using XRay.Server.Hosting;
+using XRay.Server.Model;
+
+namespace XRay.Server.Tests.Infrastructure;
+
+/// <summary>The real server on a real Kestrel on 127.0.0.1 (ephemeral ports), in this process.</summary>
+internal sealed class TestServer : IAsyncDisposable
+{
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
+
+    private TestServer(WebApplication app, string address)
+    {
+        App = app;
+        Address = address;
+        Client = new XRayClassifierClient(address, new XRayClientOptions { MaxAttempts = 1, Timeout = Timeout });
+        Channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxReceiveMessageSize = null, MaxSendMessageSize = null });
+    }
+
+    public WebApplication App { get; }
+    public string Address { get; }
+    public XRayClassifierClient Client { get; }
+    public GrpcChannel Channel { get; }
+    public Classifier.ClassifierClient Stub => Client.Classifier;
+    public ModelHost Host => App.Services.GetRequiredService<ModelHost>();
+
+    /// <summary>Starts the server; with a backend factory the model is that fake, else the real default model.</summary>
+    public static async Task<TestServer> StartAsync(IModelBackendFactory? factory = null, bool waitUntilServing = true, params string[] settings)
+    {
+        string[] args =
+        [
+            "--Kestrel:Endpoints:Grpc:Url=http://127.0.0.1:0",
+            "--Kestrel:Endpoints:Metrics:Url=http://127.0.0.1:0",
+            "--Model:Warmup=none",
+            .. settings,
+        ];
+        WebApplication app = XRayServerApp.Build(args, builder =>
+        {
+            builder.Logging.SetMinimumLevel(LogLevel.Warning);
+            if (factory is not null)
+            {
+                builder.Services.Replace(ServiceDescriptor.Singleton(factory));
+            }
+        });
+        await app.StartAsync().WaitAsync(Timeout);
+
+        // Kestrel binds configured endpoints in key order: Grpc before Metrics.
+        var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.ToArray();
+        Assert.Equal(2, addresses.Length);
+        var server = new TestServer(app, addresses[0]);
+        if (waitUntilServing)
+        {
+            await server.WaitForHealthAsync(HealthCheckResponse.Types.ServingStatus.Serving);
+        }
+        return server;
+    }
+
+    /// <summary>Follows gRPC health Watch until the status is reached (bounded).</summary>
+    public async Task WaitForHealthAsync(HealthCheckResponse.Types.ServingStatus wanted)
+    {
+        using var cts = new CancellationTokenSource(Timeout);
+        using var watch = Client.Health.Watch(new HealthCheckRequest(), cancellationToken: cts.Token);
+        while (await watch.ResponseStream.MoveNext(cts.Token))
+        {
+            if (watch.ResponseStream.Current.Status == wanted) return;
+        }
+        throw new InvalidOperationException($"health stream ended before {wanted}");
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Client.Dispose();
+        Channel.Dispose();
+        await App.StopAsync().WaitAsync(Timeout);
+        await App.DisposeAsync();
+    }
+}
