@@ -5,11 +5,22 @@ namespace XRay.Server.Model;
 /// <summary>Serves a checkpoint (or the built-in default model) with TorchSharp via <see cref="ModelRunner"/>.</summary>
 public sealed class TorchModelBackend : IModelBackend
 {
+    private readonly LoadedModel _model;
     private readonly ModelRunner _runner;
 
+    /// <summary>Takes ownership of <paramref name="model"/>: it is disposed with the backend, or here if the runner cannot start.</summary>
     public TorchModelBackend(LoadedModel model, RunnerOptions options)
     {
-        _runner = new ModelRunner(model, options);
+        _model = model;
+        try
+        {
+            _runner = new ModelRunner(model, options);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
     }
 
     public ModelManifest Manifest => _runner.Manifest;
@@ -22,7 +33,11 @@ public sealed class TorchModelBackend : IModelBackend
     public Task WarmUpAsync(IEnumerable<int> batchSizes, CancellationToken cancellationToken) =>
         _runner.WarmUpAsync(batchSizes, cancellationToken);
 
-    public void Dispose() => _runner.Dispose();
+    public void Dispose()
+    {
+        _runner.Dispose();
+        _model.Dispose();
+    }
 }
 
 public sealed class TorchModelBackendFactory : IModelBackendFactory
