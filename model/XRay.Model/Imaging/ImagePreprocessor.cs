@@ -1,0 +1,291 @@
+using System.Buffers;
+using System.Runtime.InteropServices;
+using SkiaSharp;
+using XRay.Model.Imaging;
+
+namespace XRay.Model;
+
+/// <summary>
+/// The one implementation of <see cref="PreprocessingSpec"/>, shared by server and trainer. Every method writes
+/// CHW float32, <c>3 x CropSize x CropSize</c>, normalised per channel as <c>(x - mean) / std</c>.
+/// Thread-safe: instances hold only the immutable spec.
+/// </summary>
+public sealed class ImagePreprocessor
+{
+    /// <summary>Decoding refuses images above this many pixels (a 16-bit 8000 x 5000 film still fits).</summary>
+    public const long MaxPixels = 40_000_000;
+
+    private static readonly byte[] PngSignature = [0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A];
+
+    private readonly int _cropSize;
+    private readonly int _planeLength;
+    private readonly float[] _mean;
+    private readonly float[] _std;
+
+    /// <exception cref="ArgumentException">The spec is invalid.</exception>
+    public ImagePreprocessor(PreprocessingSpec spec)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        spec.Validate();
+        Spec = spec;
+        _cropSize = spec.CropSize;
+        _planeLength = spec.CropSize * spec.CropSize;
+        _mean = [.. spec.Mean];
+        _std = [.. spec.Std];
+    }
+
+    public PreprocessingSpec Spec { get; }
+
+    /// <summary><c>3 * CropSize * CropSize</c>.</summary>
+    public int OutputLength => 3 * _planeLength;
+
+    /// <summary>
+    /// PNG (8 or 16 bits; grayscale, grayscale+alpha, RGB, RGBA, palette) or JPEG, any size up to
+    /// <see cref="MaxPixels"/>: to luma (BT.601 weights; alpha ignored; 16-bit grayscale at full precision, other
+    /// 16-bit PNGs reduced to 8 bits by Skia), EXIF orientation applied, shorter side
+    /// resized to <c>ResizeSize</c> (antialiased bilinear), centre-cropped, scaled to [0, 1], replicated to three
+    /// channels and normalised. No colour management: stored values are used as they are.
+    /// </summary>
+    /// <exception cref="InvalidImageException">The bytes are not a decodable PNG or JPEG, or the image is too large.</exception>
+    public void Decode(ReadOnlySpan<byte> encoded, Span<float> destination)
+    {
+        CheckDestination(destination);
+        var (gray, width, height) = DecodeLuma(encoded);
+        try
+        {
+            var plane = destination[.._planeLength];
+            Resampler.ResizeShorterSideAndCenterCrop(
+                gray.AsSpan(0, width * height), width, height, Spec.ResizeSize, _cropSize, plane);
+            NormalizeReplicated(plane, destination);
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(gray);
+        }
+    }
+
+    /// <summary>A uint8 image already <c>CropSize x CropSize</c>, CHW with 1 channel (replicated) or 3: to [0, 1], normalised.</summary>
+    public void NormalizeUInt8(ReadOnlySpan<byte> chw, int channels, Span<float> destination)
+    {
+        CheckInput(chw.Length, channels, destination);
+        for (var c = 0; c < 3; c++)
+        {
+            var source = chw.Slice(channels == 1 ? 0 : c * _planeLength, _planeLength);
+            var target = destination.Slice(c * _planeLength, _planeLength);
+            float mean = _mean[c], std = _std[c];
+            for (var i = 0; i < source.Length; i++)
+            {
+                target[i] = (source[i] / 255f - mean) / std;
+            }
+        }
+    }
+
+    /// <summary>Float32 CHW already normalised, 1 channel (replicated) or 3: copied as is.</summary>
+    public void CopyFloat(ReadOnlySpan<float> chw, int channels, Span<float> destination)
+    {
+        CheckInput(chw.Length, channels, destination);
+        if (channels == 3)
+        {
+            chw.CopyTo(destination);
+            return;
+        }
+
+        for (var c = 0; c < 3; c++)
+        {
+            chw.CopyTo(destination.Slice(c * _planeLength, _planeLength));
+        }
+    }
+
+    /// <summary>Writes channel c of <paramref name="destination"/> as <c>(plane - mean[c]) / std[c]</c>; plane may alias channel 0.</summary>
+    private void NormalizeReplicated(ReadOnlySpan<float> plane, Span<float> destination)
+    {
+        // Channels 2 and 1 first: channel 0 is the plane itself and is overwritten last.
+        for (var c = 2; c >= 0; c--)
+        {
+            var target = destination.Slice(c * _planeLength, _planeLength);
+            float mean = _mean[c], std = _std[c];
+            for (var i = 0; i < plane.Length; i++)
+            {
+                target[i] = (plane[i] - mean) / std;
+            }
+        }
+    }
+
+    private void CheckDestination(Span<float> destination)
+    {
+        if (destination.Length != OutputLength)
+        {
+            throw new ArgumentException(
+                $"Destination holds {destination.Length} floats; expected 3 x {_cropSize} x {_cropSize} = {OutputLength}.",
+                nameof(destination));
+        }
+    }
+
+    private void CheckInput(int length, int channels, Span<float> destination)
+    {
+        CheckDestination(destination);
+        if (channels is not (1 or 3))
+        {
+            throw new ArgumentOutOfRangeException(nameof(channels), channels, "Channels must be 1 (replicated) or 3.");
+        }
+
+        if (length != channels * _planeLength)
+        {
+            throw new ArgumentException(
+                $"Input holds {length} values; expected {channels} x {_cropSize} x {_cropSize} = {channels * _planeLength}.",
+                "chw");
+        }
+    }
+
+    /// <summary>Decodes to a luma plane in [0, 1], oriented for display. The array is rented: return it to the pool.</summary>
+    private static (float[] Gray, int Width, int Height) DecodeLuma(ReadOnlySpan<byte> encoded)
+    {
+        if (encoded.IsEmpty)
+        {
+            throw new InvalidImageException("The image is empty (0 bytes).");
+        }
+
+        var isPng = encoded.StartsWith(PngSignature);
+        var isJpeg = encoded.Length >= 3 && encoded[0] == 0xFF && encoded[1] == 0xD8 && encoded[2] == 0xFF;
+        if (!isPng && !isJpeg)
+        {
+            var head = Convert.ToHexString(encoded[..Math.Min(8, encoded.Length)]);
+            throw new InvalidImageException(
+                $"The image is neither PNG nor JPEG (first bytes 0x{head}, {encoded.Length} bytes in all).");
+        }
+
+        if (isPng && Gray16PngDecoder.Handles(encoded))
+        {
+            float[]? rented = null;
+            try
+            {
+                var (w, h) = Gray16PngDecoder.Decode(encoded, MaxPixels, n => rented = ArrayPool<float>.Shared.Rent(n));
+                return (rented!, w, h);
+            }
+            catch
+            {
+                if (rented is not null)
+                {
+                    ArrayPool<float>.Shared.Return(rented);
+                }
+
+                throw;
+            }
+        }
+
+        var format = isPng ? "PNG" : "JPEG";
+        using var data = SKData.CreateCopy(encoded);
+        using var stream = new SKMemoryStream(data);
+        using var codec = SKCodec.Create(stream, out var createResult)
+            ?? throw new InvalidImageException($"The {format} header could not be read ({createResult}, {encoded.Length} bytes).");
+
+        var info = codec.Info;
+        if (info.Width <= 0 || info.Height <= 0 || (long)info.Width * info.Height > MaxPixels)
+        {
+            throw new InvalidImageException(
+                $"The {format} image is {info.Width} x {info.Height} pixels; at most {MaxPixels:N0} pixels are accepted.");
+        }
+
+        // Skia decodes other 16-bit PNGs (RGB, RGBA, interlaced) to 8 bits per channel.
+        var colorType = info.ColorType == SKColorType.Gray8 ? SKColorType.Gray8 : SKColorType.Rgba8888;
+        var decodeInfo = new SKImageInfo(info.Width, info.Height, colorType, SKAlphaType.Unpremul);
+
+        var width = info.Width;
+        var height = info.Height;
+        var rowBytes = decodeInfo.RowBytes;
+        var pixels = ArrayPool<byte>.Shared.Rent(checked(rowBytes * height));
+        try
+        {
+            var handle = GCHandle.Alloc(pixels, GCHandleType.Pinned);
+            SKCodecResult result;
+            try
+            {
+                result = codec.GetPixels(decodeInfo, handle.AddrOfPinnedObject(), rowBytes, new SKCodecOptions());
+            }
+            finally
+            {
+                handle.Free();
+            }
+
+            if (result != SKCodecResult.Success)
+            {
+                var why = result == SKCodecResult.IncompleteInput ? "truncated" : "corrupt";
+                throw new InvalidImageException($"The {format} image ({width} x {height}) is {why}: decoding ended with {result}.");
+            }
+
+            var gray = ArrayPool<float>.Shared.Rent(width * height);
+            for (var y = 0; y < height; y++)
+            {
+                LumaRow(pixels.AsSpan(y * rowBytes, rowBytes), colorType, gray.AsSpan(y * width, width));
+            }
+
+            return Orient(gray, width, height, codec.EncodedOrigin);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(pixels);
+        }
+    }
+
+    /// <summary>BT.601 luma (299, 587, 114 per mille), the weights of Pillow's RGB to L; exact when R = G = B.</summary>
+    private static void LumaRow(ReadOnlySpan<byte> row, SKColorType colorType, Span<float> target)
+    {
+        switch (colorType)
+        {
+            case SKColorType.Gray8:
+                for (var x = 0; x < target.Length; x++)
+                {
+                    target[x] = row[x] / 255f;
+                }
+
+                break;
+            case SKColorType.Rgba8888:
+                for (var x = 0; x < target.Length; x++)
+                {
+                    var p = row.Slice(x * 4, 3);
+                    // Integer weights keep 1000 * v exact, so R = G = B = v gives exactly v / 255.
+                    target[x] = (299f * p[0] + 587f * p[1] + 114f * p[2]) / 255000f;
+                }
+
+                break;
+            default:
+                throw new InvalidOperationException($"Unexpected decode colour type {colorType}.");
+        }
+    }
+
+    /// <summary>Applies EXIF orientation (JPEG from cameras and phones), so the network sees the image as displayed.</summary>
+    private static (float[] Gray, int Width, int Height) Orient(float[] stored, int width, int height, SKEncodedOrigin origin)
+    {
+        if (origin is SKEncodedOrigin.TopLeft or (SKEncodedOrigin)0)
+        {
+            return (stored, width, height);
+        }
+
+        var transposed = origin is SKEncodedOrigin.LeftTop or SKEncodedOrigin.RightTop
+            or SKEncodedOrigin.RightBottom or SKEncodedOrigin.LeftBottom;
+        var (outWidth, outHeight) = transposed ? (height, width) : (width, height);
+        var oriented = ArrayPool<float>.Shared.Rent(width * height);
+        for (var y = 0; y < outHeight; y++)
+        {
+            for (var x = 0; x < outWidth; x++)
+            {
+                // (sx, sy): the stored pixel shown at display position (x, y).
+                var (sx, sy) = origin switch
+                {
+                    SKEncodedOrigin.TopRight => (width - 1 - x, y),
+                    SKEncodedOrigin.BottomRight => (width - 1 - x, height - 1 - y),
+                    SKEncodedOrigin.BottomLeft => (x, height - 1 - y),
+                    SKEncodedOrigin.LeftTop => (y, x),
+                    SKEncodedOrigin.RightTop => (y, height - 1 - x),
+                    SKEncodedOrigin.RightBottom => (width - 1 - y, height - 1 - x),
+                    SKEncodedOrigin.LeftBottom => (width - 1 - y, x),
+                    _ => (x, y),
+                };
+                oriented[y * outWidth + x] = stored[sy * width + sx];
+            }
+        }
+
+        ArrayPool<float>.Shared.Return(stored);
+        return (oriented, outWidth, outHeight);
+    }
+}

@@ -1,1 +1,0 @@
-namespace XRay.Model; internal static class Placeholder { }

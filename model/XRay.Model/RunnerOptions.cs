@@ -1,0 +1,18 @@
+namespace XRay.Model;
+
+/// <summary>How a <see cref="ModelRunner"/> executes the network.</summary>
+public sealed record RunnerOptions
+{
+    /// <summary><c>auto</c> (default: <c>cuda</c> when torch.cuda.is_available(), else <c>cpu</c>), <c>cpu</c> or <c>cuda</c>.</summary>
+    public string Device { get; init; } = "auto";
+
+    /// <summary><c>fp32</c> (default) or <c>bf16</c> (weights and activations; about twice as fast on CPUs with AVX-512 BF16).</summary>
+    public string Precision { get; init; } = "fp32";
+
+    /// <summary>
+    /// Inference threads, each running whole batches; default 1. Each forward also uses torch's intra-op thread pool
+    /// (process-wide, <c>torch.set_num_threads</c>), so with several workers the host should lower that to about
+    /// cores / Workers to avoid oversubscribing the CPU.
+    /// </summary>
+    public int Workers { get; init; } = 1;
+}
