@@ -35,10 +35,12 @@ public sealed class ServingBehaviourTests
     /// Waits until the batcher holds the given number of queued images: the calls travel through HTTP/2 and
     /// Kestrel, so there is no event to await; the queue is polled, bounded by the test timeout.
     /// </summary>
-    private static async Task QueuedImagesReach(TestServer server, int images)
+    private static Task QueuedImagesReach(TestServer server, int images) => QueuedImagesUntil(server, queued => queued >= images);
+
+    private static async Task QueuedImagesUntil(TestServer server, Func<int, bool> condition)
     {
         using var cts = new CancellationTokenSource(Timeout);
-        while (server.Host.Current!.Batcher.QueuedItems < images)
+        while (!condition(server.Host.Current!.Batcher.QueuedItems))
         {
             await Task.Delay(TimeSpan.FromMilliseconds(1), cts.Token);
         }
@@ -113,6 +115,8 @@ public sealed class ServingBehaviourTests
 
         var expired = await Assert.ThrowsAsync<RpcException>(() =>
             server.Stub.ClassifyAsync(Request(1), deadline: DateTime.UtcNow.AddMilliseconds(300)).ResponseAsync).WaitAsync(Timeout);
+        // The client's deadline fires a little before the server's: release the model only once the server dropped it.
+        await QueuedImagesUntil(server, queued => queued == 0);
         backend.Release();
         await running.WaitAsync(Timeout);
         await server.Client.ClassifyAsync(Request(2)).WaitAsync(Timeout);
@@ -147,9 +151,16 @@ public sealed class ServingBehaviourTests
         await first.WaitAsync(Timeout);
         var queued = Enumerable.Range(1, 3).Select(i => server.Client.ClassifyAsync(Request(i))).ToArray();
         await QueuedImagesReach(server, 3);
+        Task stopping;
 
-        Task stopping = server.App.StopAsync();
-        await server.WaitForHealthAsync(HealthCheckResponse.Types.ServingStatus.NotServing);
+        // Opened before the stop: once stopping, the server no longer accepts connections.
+        using (TestServer.HealthWatch health = server.WatchHealth())
+        {
+            await health.UntilAsync(HealthCheckResponse.Types.ServingStatus.Serving);
+            stopping = server.App.StopAsync();
+            await health.UntilAsync(HealthCheckResponse.Types.ServingStatus.NotServing);
+        }
+        // Refused either by the batcher (no longer admitting) or by Kestrel (no new streams): UNAVAILABLE both ways.
         var refused = await Assert.ThrowsAsync<RpcException>(() => server.Client.ClassifyAsync(Request(9))).WaitAsync(Timeout);
         backend.Release();
         ClassifyResponse[] finished = await Task.WhenAll([running, .. queued]).WaitAsync(Timeout);

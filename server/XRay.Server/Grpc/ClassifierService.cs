@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Threading.Channels;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
@@ -5,6 +6,7 @@ using XRay.Batching;
 using XRay.Contracts.V1;
 using XRay.Server.Hosting;
 using XRay.Server.Model;
+using XRay.Server.Telemetry;
 
 namespace XRay.Server.Grpc;
 
@@ -13,19 +15,21 @@ public sealed partial class ClassifierService(
     ModelHost host,
     IOptions<BatchingOptions> batchingOptions,
     IOptions<ServingOptions> servingOptions,
+    XRayMetrics metrics,
     ILogger<ClassifierService> logger) : Classifier.ClassifierBase
 {
     public override async Task<ClassifyResponse> Classify(ClassifyRequest request, ServerCallContext context)
     {
+        long started = metrics.RequestStart(ClassifierMethods.Classify);
         try
         {
-            return await ClassifyAsync(request, context).ConfigureAwait(false);
+            ClassifyResponse response = await ClassifyAsync(request, context).ConfigureAwait(false);
+            metrics.RequestStop(ClassifierMethods.Classify, response.ModelName, StatusCode.OK, started);
+            return response;
         }
-        catch (Exception ex) when (ex is not RpcException)
+        catch (Exception ex)
         {
-            Status status = GrpcErrors.ToStatus(ex, context);
-            LogFailed(status, request.RequestId, ex);
-            throw new RpcException(status);
+            throw new RpcException(Failed(ClassifierMethods.Classify, request.RequestId, ex, context, started));
         }
     }
 
@@ -62,15 +66,18 @@ public sealed partial class ClassifierService(
 
         async Task AnswerAsync(ClassifyRequest request)
         {
+            // A span per message, child of the call's span: the batch spans link to it. Current only inside this method.
+            using Activity? span = XRayTracing.Source.StartActivity(XRayTracing.StreamMessageSpanName);
+            long started = metrics.RequestStart(ClassifierMethods.ClassifyStream);
             ClassifyResponse response;
             try
             {
                 response = await ClassifyAsync(request, context).ConfigureAwait(false);
+                metrics.RequestStop(ClassifierMethods.ClassifyStream, response.ModelName, StatusCode.OK, started);
             }
             catch (Exception ex)
             {
-                Status status = GrpcErrors.ToStatus(ex, context);
-                LogFailed(status, request.RequestId, ex);
+                Status status = Failed(ClassifierMethods.ClassifyStream, request.RequestId, ex, context, started);
                 response = new ClassifyResponse
                 {
                     RequestId = request.RequestId,
@@ -96,19 +103,38 @@ public sealed partial class ClassifierService(
 
     public override Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context)
     {
-        ServedModel model = host.Current ?? throw GrpcErrors.NotReady();
-        return Task.FromResult(ModelInfoFactory.Create(model, batchingOptions.Value));
+        long started = Stopwatch.GetTimestamp();
+        if (host.Current is not { } model)
+        {
+            metrics.RecordRequest(ClassifierMethods.GetModelInfo, null, StatusCode.Unavailable, started);
+            throw new RpcException(GrpcErrors.ToStatus(GrpcErrors.NotReady(), context));
+        }
+        ModelInfo info = ModelInfoFactory.Create(model, batchingOptions.Value);
+        metrics.RecordRequest(ClassifierMethods.GetModelInfo, model.Manifest.Name, StatusCode.OK, started);
+        return Task.FromResult(info);
     }
 
     private async Task<ClassifyResponse> ClassifyAsync(ClassifyRequest request, ServerCallContext context)
     {
         ServedModel model = host.Current ?? throw GrpcErrors.NotReady();
+        // The span of this request: the RPC's, or the stream message's. The batches that run its images link to it.
+        Activity? span = Activity.Current;
+        span?.SetTag(XRayTracing.RequestIdTag, request.RequestId);
         float[][] images = RequestDecoder.Decode(request, model.Preprocessor, batchingOptions.Value.MaxQueueSize);
+        span?.SetTag(XRayTracing.ImagesTag, images.Length);
         DateTimeOffset? deadline = context.Deadline == DateTime.MaxValue ? null : new DateTimeOffset(context.Deadline);
 
+        ActivityContext requestSpan = span?.Context ?? default;
+        var queued = new QueuedImage[images.Length];
+        for (int i = 0; i < images.Length; i++)
+        {
+            queued[i] = new QueuedImage(images[i], requestSpan);
+        }
         ItemResult<float[]>[] results = await model.Batcher
-            .EnqueueAsync(images, deadline, context.CancellationToken)
+            .EnqueueAsync(queued, deadline, context.CancellationToken)
             .ConfigureAwait(false);
+        // A request split across batches waited until its last batch started.
+        metrics.RequestQueued(results.Max(result => result.QueueTime));
 
         var response = new ClassifyResponse
         {
@@ -123,23 +149,42 @@ public sealed partial class ClassifierService(
         return response;
     }
 
-    private void LogFailed(Status status, string requestId, Exception exception)
+    /// <summary>Maps a failed request to its status, counts it and logs it: one line per failed request.</summary>
+    private Status Failed(string method, string requestId, Exception exception, ServerCallContext context, long started)
     {
+        Status status = GrpcErrors.ToStatus(exception, context);
+        if (GrpcErrors.RejectionReasonOf(exception, status.StatusCode) is { } reason)
+        {
+            metrics.RequestRejected(reason);
+        }
+        metrics.RequestStop(method, host.Current?.Manifest.Name, status.StatusCode, started);
+        // The request's span: the RPC's, or the stream message's.
+        if (Activity.Current is { } span)
+        {
+            span.SetTag(XRayMetrics.StatusCodeTag, GrpcErrors.StatusName(status.StatusCode));
+            if (GrpcErrors.IsServerSpanError(status.StatusCode))
+            {
+                span.SetStatus(ActivityStatusCode.Error, status.Detail);
+            }
+        }
+
+        // The request id, the status and what was wrong; never the request's pixels.
         if (GrpcErrors.IsServerFault(status.StatusCode))
         {
-            LogServerFault(logger, requestId, status.StatusCode, exception);
+            LogServerFault(logger, requestId, method, status.StatusCode, exception);
         }
         else
         {
-            LogRejected(logger, requestId, status.StatusCode, status.Detail);
+            LogRejected(logger, requestId, method, status.StatusCode, status.Detail);
         }
+        return status;
     }
 
-    [LoggerMessage(EventId = 10, Level = LogLevel.Error, Message = "Request {RequestId} failed: {StatusCode}")]
-    private static partial void LogServerFault(ILogger logger, string requestId, StatusCode statusCode, Exception exception);
+    [LoggerMessage(EventId = 10, Level = LogLevel.Error, Message = "Request {RequestId} ({Method}) failed: {StatusCode}")]
+    private static partial void LogServerFault(ILogger logger, string requestId, string method, StatusCode statusCode, Exception exception);
 
-    [LoggerMessage(EventId = 11, Level = LogLevel.Information, Message = "Request {RequestId} rejected: {StatusCode} {Detail}")]
-    private static partial void LogRejected(ILogger logger, string requestId, StatusCode statusCode, string detail);
+    [LoggerMessage(EventId = 11, Level = LogLevel.Information, Message = "Request {RequestId} ({Method}) rejected: {StatusCode} {Detail}")]
+    private static partial void LogRejected(ILogger logger, string requestId, string method, StatusCode statusCode, string detail);
 }
 
 internal static class PredictionFactory

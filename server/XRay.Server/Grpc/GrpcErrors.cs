@@ -1,15 +1,29 @@
 using Grpc.Core;
 using XRay.Batching;
+using XRay.Server.Telemetry;
 
 namespace XRay.Server.Grpc;
+
+/// <summary>The model is still loading or warming up, or was never loaded.</summary>
+public sealed class ModelNotReadyException()
+    : Exception("The model is loading or warming up; retry shortly (health reports NOT_SERVING until ready).");
 
 /// <summary>The one place where failures become gRPC statuses. Model failures are logged, not leaked.</summary>
 internal static class GrpcErrors
 {
+    // Canonical gRPC status names, indexed by code: what metrics and dashboards show.
+    private static readonly string[] StatusNames =
+    [
+        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+        "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+        "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+    ];
+
     public static Status ToStatus(Exception exception, ServerCallContext context) => exception switch
     {
         RpcException rpc => rpc.Status,
         InvalidRequestException invalid => new Status(StatusCode.InvalidArgument, invalid.Message),
+        ModelNotReadyException notReady => new Status(StatusCode.Unavailable, notReady.Message),
         BatchRejectedException { Reason: RejectionReason.QueueFull } rejected => new Status(StatusCode.ResourceExhausted, rejected.Message),
         BatchRejectedException { Reason: RejectionReason.ShuttingDown } => new Status(StatusCode.Unavailable, "The server is shutting down."),
         BatchRejectedException { Reason: RejectionReason.DeadlineExceeded } => new Status(StatusCode.DeadlineExceeded, "The deadline passed while the request was queued."),
@@ -19,8 +33,30 @@ internal static class GrpcErrors
         _ => new Status(StatusCode.Internal, "Internal error."),
     };
 
-    public static RpcException NotReady() =>
-        new(new Status(StatusCode.Unavailable, "The model is loading or warming up; retry shortly (health reports NOT_SERVING until ready)."));
+    /// <summary>
+    /// Why a request that failed with <paramref name="status"/> was turned away uncomputed (a <see cref="RejectionReasons"/>
+    /// value), or null when it was not rejected but failed in the model or the server.
+    /// </summary>
+    public static string? RejectionReasonOf(Exception exception, StatusCode status) => exception switch
+    {
+        InvalidRequestException => RejectionReasons.InvalidInput,
+        ModelNotReadyException => RejectionReasons.NotReady,
+        BatchRejectedException { Reason: RejectionReason.QueueFull } => RejectionReasons.QueueFull,
+        BatchRejectedException { Reason: RejectionReason.ShuttingDown } => RejectionReasons.ShuttingDown,
+        BatchRejectedException { Reason: RejectionReason.DeadlineExceeded } => RejectionReasons.Deadline,
+        OperationCanceledException => status == StatusCode.DeadlineExceeded ? RejectionReasons.Deadline : RejectionReasons.Cancelled,
+        _ => null,
+    };
+
+    public static ModelNotReadyException NotReady() => new();
 
     public static bool IsServerFault(StatusCode code) => code is StatusCode.Internal or StatusCode.Unknown;
+
+    /// <summary>Statuses that mark a server span as failed (OpenTelemetry's gRPC conventions); the others are the caller's doing.</summary>
+    public static bool IsServerSpanError(StatusCode code) => code is StatusCode.Unknown or StatusCode.DeadlineExceeded
+        or StatusCode.Unimplemented or StatusCode.Internal or StatusCode.Unavailable or StatusCode.DataLoss;
+
+    /// <summary>The canonical name of a status code, e.g. <c>DEADLINE_EXCEEDED</c>.</summary>
+    public static string StatusName(StatusCode code) =>
+        (int)code >= 0 && (int)code < StatusNames.Length ? StatusNames[(int)code] : ((int)code).ToString(System.Globalization.CultureInfo.InvariantCulture);
 }

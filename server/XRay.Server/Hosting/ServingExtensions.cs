@@ -3,6 +3,7 @@ using Microsoft.Extensions.Options;
 using XRay.Batching;
 using XRay.Server.Grpc;
 using XRay.Server.Model;
+using XRay.Server.Telemetry;
 
 namespace XRay.Server.Hosting;
 
@@ -43,6 +44,7 @@ public static class ServingExtensions
         services.AddSingleton<HealthServiceImpl>();
         services.AddSingleton<IModelBackendFactory, TorchModelBackendFactory>();
         services.AddSingleton<ModelHost>();
+        services.AddXrayTelemetry(configuration);
         services.AddHostedService(provider => provider.GetRequiredService<ModelHost>());
         return services;
     }

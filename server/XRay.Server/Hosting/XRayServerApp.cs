@@ -1,3 +1,5 @@
+using XRay.Server.Telemetry;
+
 namespace XRay.Server.Hosting;
 
 /// <summary>Builds the server application; shared by <c>Program</c> and the end-to-end tests.</summary>
@@ -16,6 +18,7 @@ public static class XRayServerApp
         configure?.Invoke(builder);
 
         WebApplication app = builder.Build();
+        app.UseXrayMetricsEndpoint();
         app.MapXrayServing();
         return app;
     }

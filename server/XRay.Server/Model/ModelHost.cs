@@ -3,6 +3,7 @@ using Grpc.HealthCheck;
 using Microsoft.Extensions.Options;
 using XRay.Batching;
 using XRay.Model;
+using XRay.Server.Telemetry;
 
 namespace XRay.Server.Model;
 
@@ -10,7 +11,7 @@ namespace XRay.Server.Model;
 public sealed record ServedModel(
     IModelBackend Backend,
     ImagePreprocessor Preprocessor,
-    DynamicBatcher<float[], float[]> Batcher,
+    DynamicBatcher<QueuedImage, float[]> Batcher,
     IReadOnlyList<float> Thresholds)
 {
     public ModelManifest Manifest => Backend.Manifest;
@@ -28,6 +29,7 @@ public sealed partial class ModelHost(
     HealthServiceImpl health,
     IHostApplicationLifetime lifetime,
     TimeProvider timeProvider,
+    XRayMetrics metrics,
     ILogger<ModelHost> logger) : IHostedService, IAsyncDisposable
 {
     /// <summary>The health service name clients check (the empty name means the whole server).</summary>
@@ -67,8 +69,9 @@ public sealed partial class ModelHost(
             await backend.WarmUpAsync(sizes, cancellationToken).ConfigureAwait(false);
             LogWarmedUp(logger, string.Join(",", sizes), timeProvider.GetElapsedTime(started).TotalSeconds);
 
-            var batcher = new DynamicBatcher<float[], float[]>(new ImageBatchHandler(backend), batching, timeProvider);
+            var batcher = new DynamicBatcher<QueuedImage, float[]>(new ImageBatchHandler(backend), batching, timeProvider, metrics.BatcherObserver);
             _current = new ServedModel(backend, new ImagePreprocessor(manifest.Preprocessing), batcher, manifest.EffectiveThresholds);
+            metrics.ModelLoaded(_current);
             if (_stopping.IsCancellationRequested)
             {
                 return;
@@ -146,6 +149,7 @@ public sealed partial class ModelHost(
     {
         health.SetStatus("", status);
         health.SetStatus(ServiceName, status);
+        metrics.SetReady(status == HealthCheckResponse.Types.ServingStatus.Serving);
     }
 
     [LoggerMessage(EventId = 1, Level = LogLevel.Information,

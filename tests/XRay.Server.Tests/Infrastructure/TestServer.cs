@@ -1,3 +1,4 @@
+using Grpc.Core;
 using Grpc.Health.V1;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Logging;
@@ -33,8 +34,16 @@ internal sealed class TestServer : IAsyncDisposable
     public Classifier.ClassifierClient Stub => Client.Classifier;
     public ModelHost Host => App.Services.GetRequiredService<ModelHost>();
 
+    /// <summary>The HTTP/1.1 Metrics endpoint (<c>/metrics</c>, <c>/healthz</c>, <c>/readyz</c>), e.g. http://127.0.0.1:43121.</summary>
+    public string MetricsAddress { get; private set; } = "";
+
     /// <summary>Starts the server; with a backend factory the model is that fake, else the real default model.</summary>
-    public static async Task<TestServer> StartAsync(IModelBackendFactory? factory = null, bool waitUntilServing = true, params string[] settings)
+    public static Task<TestServer> StartAsync(IModelBackendFactory? factory = null, bool waitUntilServing = true, params string[] settings) =>
+        StartAsync(factory, configure: null, waitUntilServing, settings);
+
+    /// <summary>As above; <paramref name="configure"/> runs after the test defaults (e.g. to capture logs or spans).</summary>
+    public static async Task<TestServer> StartAsync(IModelBackendFactory? factory, Action<WebApplicationBuilder>? configure,
+                                                   bool waitUntilServing = true, params string[] settings)
     {
         string[] args =
         [
@@ -50,13 +59,14 @@ internal sealed class TestServer : IAsyncDisposable
             {
                 builder.Services.Replace(ServiceDescriptor.Singleton(factory));
             }
+            configure?.Invoke(builder);
         });
         await app.StartAsync().WaitAsync(Timeout);
 
         // Kestrel binds configured endpoints in key order: Grpc before Metrics.
         var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.ToArray();
         Assert.Equal(2, addresses.Length);
-        var server = new TestServer(app, addresses[0]);
+        var server = new TestServer(app, addresses[0]) { MetricsAddress = addresses[1] };
         if (waitUntilServing)
         {
             await server.WaitForHealthAsync(HealthCheckResponse.Types.ServingStatus.Serving);
@@ -67,20 +77,45 @@ internal sealed class TestServer : IAsyncDisposable
     /// <summary>Follows gRPC health Watch until the status is reached (bounded).</summary>
     public async Task WaitForHealthAsync(HealthCheckResponse.Types.ServingStatus wanted)
     {
-        using var cts = new CancellationTokenSource(Timeout);
-        using var watch = Client.Health.Watch(new HealthCheckRequest(), cancellationToken: cts.Token);
-        while (await watch.ResponseStream.MoveNext(cts.Token))
+        using HealthWatch watch = WatchHealth();
+        await watch.UntilAsync(wanted);
+    }
+
+    /// <summary>Opens a health Watch stream now: it stays open while the server shuts down and stops listening.</summary>
+    public HealthWatch WatchHealth() => new(Client.Health);
+
+    public sealed class HealthWatch : IDisposable
+    {
+        private readonly CancellationTokenSource _cts = new(Timeout);
+        private readonly AsyncServerStreamingCall<HealthCheckResponse> _call;
+
+        public HealthWatch(Health.HealthClient health)
         {
-            if (watch.ResponseStream.Current.Status == wanted) return;
+            _call = health.Watch(new HealthCheckRequest(), cancellationToken: _cts.Token);
         }
-        throw new InvalidOperationException($"health stream ended before {wanted}");
+
+        public async Task UntilAsync(HealthCheckResponse.Types.ServingStatus wanted)
+        {
+            while (await _call.ResponseStream.MoveNext(_cts.Token))
+            {
+                if (_call.ResponseStream.Current.Status == wanted) return;
+            }
+            throw new InvalidOperationException($"health stream ended before {wanted}");
+        }
+
+        public void Dispose()
+        {
+            _call.Dispose();
+            _cts.Dispose();
+        }
     }
 
     public async ValueTask DisposeAsync()
     {
         Client.Dispose();
         Channel.Dispose();
+        // Bounded: a test that fails while holding the fake model must fail, not hang the run.
         await App.StopAsync().WaitAsync(Timeout);
-        await App.DisposeAsync();
+        await App.DisposeAsync().AsTask().WaitAsync(Timeout);
     }
 }
