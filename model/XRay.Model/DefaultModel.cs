@@ -1,44 +1,49 @@
-using System.Text.Json.Nodes;
-using static TorchSharp.torch;
+using System.Reflection;
 
 namespace XRay.Model;
 
-/// <summary>The server's built-in model while no trained checkpoint is bundled.</summary>
+/// <summary>
+/// The server's built-in model: the checkpoint in <c>DefaultCheckpoint/</c> (a small_cnn trained by this project's
+/// <c>xray-train train</c>; the README has the exact command), embedded in this assembly so it ships with it.
+/// </summary>
 public static class DefaultModel
 {
     public const string Name = "xray-demo-small-cnn";
-    public const string Version = "0.1.0";
+    public const string Version = "1.0.0";
 
-    /// <summary>Seed of the private generator that draws every weight, so each call builds the same network.</summary>
-    public const long Seed = 20_240_601;
+    private const string ManifestResource = "XRay.Model.DefaultCheckpoint.manifest.json";
+    private const string WeightsResource = "XRay.Model.DefaultCheckpoint.weights.bin";
 
     /// <summary>
-    /// <c>small_cnn</c> over the 14 NIH findings with deterministic, untrained weights, in eval mode on the CPU.
-    /// Its outputs carry no medical meaning.
+    /// Loads the bundled checkpoint, in eval mode on the CPU. Every call returns a new network with the same
+    /// weights (so the same input gives the same logits). Its manifest says what it was trained on; not for clinical use.
     /// </summary>
     public static LoadedModel Create()
     {
-        var manifest = new ModelManifest
+        var assembly = typeof(DefaultModel).Assembly;
+        ModelManifest manifest;
+        using (var manifestStream = Open(assembly, ManifestResource))
+        using (var reader = new StreamReader(manifestStream))
         {
-            Name = Name,
-            Version = Version,
-            Architecture = Architectures.SmallCnn,
-            ClassNames = ChestXrayFindings.Nih14,
-            Description =
-                "UNTRAINED demonstration model: small_cnn with deterministic pseudo-random weights " +
-                $"(seed {Seed}), never trained on any data. Its outputs are meaningless; it exists so the " +
-                "service runs end to end before a trained checkpoint is bundled. Not for clinical use.",
-            Training = new JsonObject
-            {
-                ["trained"] = false,
-                ["initialisation"] = "torchvision scheme (Kaiming-normal convolutions), private generator",
-                ["seed"] = Seed,
-            },
-        };
+            manifest = ModelManifest.FromJson(reader.ReadToEnd());
+        }
 
-        using var generator = new Generator((ulong)Seed);
-        var network = Architectures.Create(manifest.Architecture, manifest.ClassNames.Count, generator);
-        network.eval();
-        return new LoadedModel(manifest, network);
+        var network = Architectures.CreateUninitialised(manifest.Architecture, manifest.ClassNames.Count);
+        try
+        {
+            using var weights = Open(assembly, WeightsResource);
+            network.load(weights, strict: true);
+            network.eval();
+            return new LoadedModel(manifest, network);
+        }
+        catch
+        {
+            network.Dispose();
+            throw;
+        }
     }
+
+    private static Stream Open(Assembly assembly, string name) =>
+        assembly.GetManifestResourceStream(name)
+        ?? throw new InvalidOperationException($"The bundled model resource '{name}' is missing from {assembly.GetName().Name}.");
 }

@@ -17,16 +17,47 @@ public class DefaultModelTests
     }
 
     [Fact]
-    public void Create_DescribesAnUntrainedNih14SmallCnn()
+    public void Create_DescribesATrainedNih14SmallCnn_NotForClinicalUse()
     {
         using var model = DefaultModel.Create();
 
-        Assert.Equal("xray-demo-small-cnn", model.Manifest.Name);
-        Assert.Equal("0.1.0", model.Manifest.Version);
+        Assert.Equal(DefaultModel.Name, model.Manifest.Name);
+        Assert.Equal(DefaultModel.Version, model.Manifest.Version);
         Assert.Equal("small_cnn", model.Manifest.Architecture);
         Assert.Equal(ChestXrayFindings.Nih14, model.Manifest.ClassNames);
-        Assert.Contains("untrained", model.Manifest.Description, StringComparison.OrdinalIgnoreCase);
         Assert.Contains("not for clinical use", model.Manifest.Description, StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("NIH ChestX-ray14", model.Manifest.Description);
+        Assert.Equal("xray-train train", (string?)model.Manifest.Training!["tool"]);
+        Assert.StartsWith("xray-train train ", (string?)model.Manifest.Training["command"]);
+        Assert.Equal("nih", (string?)model.Manifest.Training["data"]!["kind"]);
+        Assert.Equal(224, model.Manifest.Preprocessing.CropSize);
         Assert.False(model.Network.training);
+    }
+
+    [Fact]
+    public void Create_MatchesTheCheckpointFolderInTheRepository()
+    {
+        // The embedded resources are DefaultCheckpoint/ as committed: Checkpoint.Load of the folder gives the same model.
+        var folder = FindUp(Path.Combine("model", "XRay.Model", "DefaultCheckpoint"));
+        Assert.NotNull(folder);
+        using var embedded = DefaultModel.Create();
+        using var loaded = Checkpoint.Load(folder);
+        var input = TestModels.Input(2, seed: 4);
+
+        Assert.Equal(loaded.Manifest.ToJson(), embedded.Manifest.ToJson());
+        Assert.Equal(TestModels.DirectForward(loaded.Network, input, 2), TestModels.DirectForward(embedded.Network, input, 2));
+    }
+
+    private static string? FindUp(string relative)
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (Directory.Exists(Path.Combine(dir.FullName, relative)))
+            {
+                return Path.Combine(dir.FullName, relative);
+            }
+        }
+
+        return null;
     }
 }

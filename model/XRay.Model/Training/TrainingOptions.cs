@@ -1,0 +1,87 @@
+namespace XRay.Model.Training;
+
+/// <summary>How <c>pos_weight</c> of the loss is set.</summary>
+public enum PosWeightMode
+{
+    /// <summary>1 for every class.</summary>
+    None,
+
+    /// <summary><see cref="MaskedBceLoss.BalancedPosWeight"/>: negatives / positives of the training set, capped at 100.</summary>
+    Balanced,
+}
+
+/// <summary>
+/// A training run: network, fixed schedule (AdamW, linear warm-up then cosine decay per step), seed, loss and
+/// augmentation. The same options, data and seed give the same weights (CPU, same thread count).
+/// </summary>
+public sealed record TrainingOptions
+{
+    /// <summary>One of <see cref="Architectures.Names"/>. Default <c>small_cnn</c>.</summary>
+    public string Architecture { get; init; } = Architectures.SmallCnn;
+
+    /// <summary>Passes over the training set. Default 30.</summary>
+    public int Epochs { get; init; } = 30;
+
+    /// <summary>Images per step. Default 32.</summary>
+    public int BatchSize { get; init; } = 32;
+
+    /// <summary>Peak learning rate of AdamW. Default 1e-3.</summary>
+    public double LearningRate { get; init; } = 1e-3;
+
+    /// <summary>AdamW's decoupled weight decay (Loshchilov and Hutter, 2019). Default 1e-2.</summary>
+    public double WeightDecay { get; init; } = 1e-2;
+
+    /// <summary>Epochs of linear warm-up from 0 to <see cref="LearningRate"/>. Default 1.</summary>
+    public double WarmupEpochs { get; init; } = 1;
+
+    /// <summary>The cosine decay ends at this fraction of <see cref="LearningRate"/>. Default 0.01.</summary>
+    public double FinalLearningRateFraction { get; init; } = 0.01;
+
+    /// <summary>Seeds the initial weights, the shuffling and the augmentation. Default 1.</summary>
+    public int Seed { get; init; } = 1;
+
+    public PosWeightMode PosWeight { get; init; } = PosWeightMode.None;
+
+    public AugmentationOptions Augmentation { get; init; } = new();
+
+    /// <summary>Evaluate the validation set after every epoch (per-class AUROC). Default true.</summary>
+    public bool ValidateEveryEpoch { get; init; } = true;
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid option.</summary>
+    public void Validate()
+    {
+        if (!Architectures.Names.Contains(Architecture))
+        {
+            throw new ArgumentException($"Unknown architecture '{Architecture}'; known: {string.Join(", ", Architectures.Names)}.");
+        }
+
+        if (Epochs < 1) throw new ArgumentException($"Epochs must be at least 1; got {Epochs}.");
+        if (BatchSize < 2) throw new ArgumentException($"Batch size must be at least 2 (batch norm); got {BatchSize}.");
+        if (!(LearningRate > 0)) throw new ArgumentException($"Learning rate must be > 0; got {LearningRate}.");
+        if (!(WeightDecay >= 0)) throw new ArgumentException($"Weight decay must be >= 0; got {WeightDecay}.");
+        if (!(WarmupEpochs >= 0)) throw new ArgumentException($"Warm-up epochs must be >= 0; got {WarmupEpochs}.");
+        if (FinalLearningRateFraction is < 0 or > 1)
+        {
+            throw new ArgumentException($"Final learning-rate fraction must be in [0, 1]; got {FinalLearningRateFraction}.");
+        }
+    }
+}
+
+/// <summary>The learning rate at each optimiser step: linear warm-up, then half a cosine down to the final fraction.</summary>
+public static class LearningRateSchedule
+{
+    public static double At(int step, int totalSteps, int warmupSteps, double peak, double finalFraction)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(step);
+        ArgumentOutOfRangeException.ThrowIfLessThan(totalSteps, 1);
+        if (step < warmupSteps)
+        {
+            return peak * (step + 1) / warmupSteps;
+        }
+
+        var decaySteps = Math.Max(1, totalSteps - warmupSteps - 1);
+        var progress = Math.Min(1.0, (double)(step - warmupSteps) / decaySteps);
+        var final = peak * finalFraction;
+        return final + (peak - final) * 0.5 * (1 + Math.Cos(Math.PI * progress));
+    }
+}

@@ -1,0 +1,88 @@
+using XRay.Train;
+
+namespace XRay.Model.Tests;
+
+public class TrainCliTests
+{
+    [Fact]
+    public async Task TrainThenEvaluate_WritesCheckpointReportRocPng_AndCalibratedThresholds()
+    {
+        using var dir = new TempDirectory();
+        var run = Path.Combine(dir.Path, "run");
+        var output = new StringWriter();
+        var error = new StringWriter();
+
+        var trained = await TrainApp.RunAsync(
+            ["train", "--synthetic", "80", "--image-size", "32", "--epochs", "2", "--batch-size", "16", "--out", run], output, error)
+            .WaitAsync(TimeSpan.FromMinutes(3));
+        Assert.True(trained == 0, error.ToString());
+        Assert.Contains("epoch   2:", output.ToString());
+
+        var model = Path.Combine(run, "model");
+        var report = Path.Combine(dir.Path, "report");
+        var evaluated = await TrainApp.RunAsync(
+            ["evaluate", "--model", model, "--report", report, "--calibrate", "youden", "--write-thresholds", "--bootstrap", "50"], output, error)
+            .WaitAsync(TimeSpan.FromMinutes(3));
+        Assert.True(evaluated == 0, error.ToString());
+
+        var markdown = await File.ReadAllTextAsync(Path.Combine(report, "report.md"));
+        Assert.Contains("| Cardiomegaly |", markdown);
+        Assert.Contains("AUROC [95% CI]", markdown);
+        Assert.Contains("Youden", markdown);
+        Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], (await File.ReadAllBytesAsync(Path.Combine(report, "roc.png")))[..4]);
+        Assert.True(File.Exists(Path.Combine(report, "metrics.json")));
+
+        using var calibrated = Checkpoint.Load(model);
+        Assert.Equal(5, calibrated.Manifest.Thresholds!.Count);
+        Assert.NotNull(calibrated.Manifest.Training!["calibration"]);
+        Assert.Contains("not for clinical use", calibrated.Manifest.Description, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Fact]
+    public async Task CrossValidate_PoolsOutOfFoldPredictionsForEveryImage()
+    {
+        using var dir = new TempDirectory();
+        var report = Path.Combine(dir.Path, "cv");
+        var output = new StringWriter();
+        var error = new StringWriter();
+
+        var code = await TrainApp.RunAsync(
+            ["crossval", "--synthetic", "60", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--folds", "3", "--bootstrap", "50", "--report", report],
+            output, error).WaitAsync(TimeSpan.FromMinutes(3));
+
+        Assert.True(code == 0, error.ToString());
+        Assert.Contains("fold 3/3", output.ToString());
+        var metrics = System.Text.Json.Nodes.JsonNode.Parse(await File.ReadAllTextAsync(Path.Combine(report, "metrics.json")))!;
+        Assert.Equal(60, (int)metrics["images"]!);
+        Assert.Equal(5, metrics["classes"]!.AsArray().Count);
+    }
+
+    [Fact]
+    public async Task Train_WithoutData_FailsWithAClearMessage()
+    {
+        var error = new StringWriter();
+        var code = await TrainApp.RunAsync(["train", "--out", "/nonexistent/x"], new StringWriter(), error).WaitAsync(TimeSpan.FromMinutes(1));
+
+        Assert.Equal(2, code);
+        Assert.Contains("--nih-csv, --csv or --synthetic", error.ToString());
+    }
+
+    [Fact]
+    public async Task ExportThenImport_RoundTripsTheDefaultModelThroughSafetensors()
+    {
+        using var dir = new TempDirectory();
+        var exported = Path.Combine(dir.Path, "exported");
+        var imported = Path.Combine(dir.Path, "imported");
+        var error = new StringWriter();
+
+        Assert.Equal(0, await TrainApp.RunAsync(["export", "--model", "default", "--out", exported], new StringWriter(), error).WaitAsync(TimeSpan.FromMinutes(1)));
+        Assert.Equal(0, await TrainApp.RunAsync(
+            ["import", "--safetensors", Path.Combine(exported, "model.safetensors"), "--manifest", Path.Combine(exported, "manifest.json"), "--out", imported],
+            new StringWriter(), error).WaitAsync(TimeSpan.FromMinutes(1)));
+
+        using var original = DefaultModel.Create();
+        using var roundTripped = Checkpoint.Load(imported);
+        var input = TestModels.Input(1, seed: 8);
+        Assert.Equal(TestModels.DirectForward(original.Network, input, 1), TestModels.DirectForward(roundTripped.Network, input, 1));
+    }
+}
