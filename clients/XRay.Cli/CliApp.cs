@@ -17,7 +17,7 @@ internal static class CliApp
     {
         var server = new Option<string>("--server", "-s")
         {
-            Description = "Server address (http://host:port).",
+            Description = "Server address (http://host:port); several, comma-separated, are called round-robin.",
             DefaultValueFactory = _ => Environment.GetEnvironmentVariable("XRAY_SERVER") ?? DefaultServer,
             Recursive = true,
         };
@@ -64,7 +64,8 @@ internal static class CliApp
         string address = result.GetValue(server)!;
         try
         {
-            using var client = new XRayClassifierClient(address, new XRayClientOptions
+            string[] addresses = address.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            using var client = new XRayClassifierClient(addresses, new XRayClientOptions
             {
                 Timeout = TimeSpan.FromSeconds(result.GetValue(timeout)),
                 MaxAttempts = 1,
@@ -81,7 +82,7 @@ internal static class CliApp
             error.WriteLine($"error: the server answered {ex.StatusCode}: {ex.Status.Detail}");
             return 4;
         }
-        catch (UriFormatException ex)
+        catch (Exception ex) when (ex is UriFormatException or ArgumentException)
         {
             error.WriteLine($"error: '{address}' is not a server address ({ex.Message}); use http://host:port");
             return 2;

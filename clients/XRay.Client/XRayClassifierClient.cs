@@ -2,6 +2,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Health.V1;
 using Grpc.Net.Client;
+using Grpc.Net.Client.Balancer;
 using Grpc.Net.Client.Configuration;
 using XRay.Contracts.V1;
 
@@ -9,27 +10,65 @@ namespace XRay.Client;
 
 /// <summary>
 /// Typed calls to an XRay Serving server over the generated stubs: every call has a deadline, and
-/// UNAVAILABLE/RESOURCE_EXHAUSTED are retried with backoff by gRPC's own retry policy.
+/// UNAVAILABLE/RESOURCE_EXHAUSTED are retried with backoff by gRPC's own retry policy. Given several
+/// addresses, calls are spread over them round-robin (gRPC client-side load balancing: a static resolver and
+/// the <c>round_robin</c> policy, which skips servers it cannot connect to).
 /// </summary>
 public sealed class XRayClassifierClient : IDisposable
 {
     private readonly GrpcChannel _channel;
     private readonly XRayClientOptions _options;
 
+    /// <param name="address">The server, <c>http://host:port</c> (or <c>https://</c>).</param>
     public XRayClassifierClient(string address, XRayClientOptions? options = null)
+        : this([address], options)
     {
+    }
+
+    /// <param name="addresses">
+    /// One or more servers, <c>http://host:port</c>, all with the same scheme. With more than one, each call goes
+    /// to the next ready server in turn; a retried call may go to another server.
+    /// </param>
+    /// <exception cref="ArgumentException">No address, or addresses with different schemes.</exception>
+    /// <exception cref="UriFormatException">An address is not an absolute URI.</exception>
+    public XRayClassifierClient(IReadOnlyList<string> addresses, XRayClientOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(addresses);
+        if (addresses.Count == 0) throw new ArgumentException("At least one server address is needed.", nameof(addresses));
         _options = options ?? new XRayClientOptions();
-        _channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions
+        Uri[] uris = addresses.Select(address => new Uri(address, UriKind.Absolute)).ToArray();
+        if (uris.Select(uri => uri.Scheme).Distinct().Count() > 1)
+        {
+            throw new ArgumentException($"All addresses must use the same scheme: {string.Join(", ", addresses)}.", nameof(addresses));
+        }
+
+        var channelOptions = new GrpcChannelOptions
         {
             MaxReceiveMessageSize = _options.MaxMessageBytes,
             MaxSendMessageSize = _options.MaxMessageBytes,
-            ServiceConfig = _options.MaxAttempts > 1 ? RetryConfig(_options.MaxAttempts) : null,
+            ServiceConfig = ServiceConfig(_options.MaxAttempts, roundRobin: uris.Length > 1),
             // Retries buffer the request; a 32-image float batch is ~19 MB.
             MaxRetryBufferPerCallSize = _options.MaxMessageBytes,
-        });
+        };
+        if (uris.Length == 1)
+        {
+            _channel = GrpcChannel.ForAddress(uris[0], channelOptions);
+        }
+        else
+        {
+            // "static:///" names no real host: the resolver hands the balancer the fixed list of servers.
+            var resolver = new StaticResolverFactory(_ => uris.Select(uri => new BalancerAddress(uri.Host, uri.Port)).ToArray());
+            channelOptions.ServiceProvider = new BalancerServices(resolver);
+            channelOptions.Credentials = uris[0].Scheme == Uri.UriSchemeHttps ? ChannelCredentials.SecureSsl : ChannelCredentials.Insecure;
+            _channel = GrpcChannel.ForAddress("static:///xray", channelOptions);
+        }
+        Addresses = Array.AsReadOnly(addresses.ToArray());
         Classifier = new Classifier.ClassifierClient(_channel);
         Health = new Health.HealthClient(_channel);
     }
+
+    /// <summary>The servers this client calls.</summary>
+    public IReadOnlyList<string> Addresses { get; }
 
     /// <summary>The generated stub, for calls this class does not wrap.</summary>
     public Classifier.ClassifierClient Classifier { get; }
@@ -80,11 +119,14 @@ public sealed class XRayClassifierClient : IDisposable
     private CallOptions CallOptions(CancellationToken cancellationToken) =>
         new(deadline: DateTime.UtcNow + _options.Timeout, cancellationToken: cancellationToken);
 
-    private static ServiceConfig RetryConfig(int maxAttempts) => new()
+    private static ServiceConfig? ServiceConfig(int maxAttempts, bool roundRobin)
     {
-        MethodConfigs =
+        if (maxAttempts <= 1 && !roundRobin) return null;
+        var config = new ServiceConfig();
+        if (roundRobin) config.LoadBalancingConfigs.Add(new RoundRobinConfig());
+        if (maxAttempts > 1)
         {
-            new MethodConfig
+            config.MethodConfigs.Add(new MethodConfig
             {
                 Names = { MethodName.Default },
                 RetryPolicy = new RetryPolicy
@@ -95,9 +137,22 @@ public sealed class XRayClassifierClient : IDisposable
                     BackoffMultiplier = 2,
                     RetryableStatusCodes = { StatusCode.Unavailable, StatusCode.ResourceExhausted },
                 },
-            },
-        },
-    };
+            });
+        }
+        return config;
+    }
 
     public void Dispose() => _channel.Dispose();
+
+    /// <summary>
+    /// What GrpcChannel looks up in <see cref="GrpcChannelOptions.ServiceProvider"/>: only the resolver for
+    /// "static"; everything else falls back to the channel's defaults. Saves a dependency-injection container.
+    /// </summary>
+    private sealed class BalancerServices(ResolverFactory resolver) : IServiceProvider
+    {
+        public object? GetService(Type serviceType) =>
+            serviceType == typeof(IEnumerable<ResolverFactory>) ? new[] { resolver }
+            : serviceType == typeof(ResolverFactory) ? resolver
+            : null;
+    }
 }

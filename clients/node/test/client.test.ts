@@ -1,0 +1,133 @@
+// Calls a real XRay server: XRAY_SERVER=http://127.0.0.1:PORT npm test (.ci/run starts one).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { deflateSync } from "node:zlib";
+import { create } from "@bufbuild/protobuf";
+import { ClassifyRequestSchema, Code, ConnectError, DataType, TensorSchema, XRayClient } from "../src/index.js";
+
+const server = process.env.XRAY_SERVER;
+if (!server) throw new Error("Set XRAY_SERVER to a running XRay server (http://127.0.0.1:PORT).");
+const client = new XRayClient(server, { timeoutMs: 30_000, maxAttempts: 1 });
+const side = 224;
+const limits = { timeout: 60_000 };
+
+test("getModelInfo describes the served model", limits, async () => {
+  const info = await client.getModelInfo();
+
+  assert.equal(info.classNames.length, 14);
+  assert.equal(info.thresholds.length, 14);
+  assert.ok(info.classNames.includes("Atelectasis"));
+  assert.equal(info.preprocessing?.cropSize, side);
+  assert.ok((info.batching?.maxBatchSize ?? 0) >= 1);
+});
+
+test("classifyFloat32 returns one prediction whose probabilities are the sigmoid of its logits", limits, async () => {
+  const image = new Float32Array(3 * side * side).map((_, i) => Math.sin(i / 1000));
+
+  const response = await client.classifyFloat32(image, [3, side, side]);
+
+  assert.equal(response.predictions.length, 1);
+  const [prediction] = response.predictions;
+  assert.equal(prediction.logits.length, 14);
+  prediction.logits.forEach((logit, c) => assert.ok(Math.abs(prediction.probabilities[c] - 1 / (1 + Math.exp(-logit))) < 1e-5));
+  assert.ok((prediction.timing?.batchSize ?? 0) >= 1);
+  assert.ok(response.modelName.length > 0);
+});
+
+test("classifyUint8 with a batch of two returns two predictions in order", limits, async () => {
+  const pixels = new Uint8Array(2 * side * side).map((_, i) => (i < side * side ? 30 : 220));
+
+  const response = await client.classifyUint8(pixels, [2, 1, side, side]);
+
+  assert.equal(response.predictions.length, 2);
+  assert.notDeepEqual(response.predictions[0].logits, response.predictions[1].logits);
+});
+
+test("classifyEncoded decodes a PNG of any size on the server", limits, async () => {
+  const response = await client.classifyEncoded([grayPng(300, 260)]);
+
+  assert.equal(response.predictions.length, 1);
+  assert.equal(response.predictions[0].probabilities.length, 14);
+});
+
+test("a bad tensor is INVALID_ARGUMENT, with what is wrong, and not retried", limits, async () => {
+  const retrying = new XRayClient(server, { maxAttempts: 4 });
+  const bad = create(ClassifyRequestSchema, {
+    input: { case: "tensor", value: create(TensorSchema, { shape: [3n, 5n, 5n], dtype: DataType.FLOAT32, data: new Uint8Array(12) }) },
+  });
+
+  await assert.rejects(retrying.classify(bad), (error: unknown) => {
+    const e = ConnectError.from(error);
+    assert.equal(e.code, Code.InvalidArgument);
+    assert.ok(e.rawMessage.length > 0);
+    return true;
+  });
+});
+
+test("classifyStream answers every request, matched by request_id", limits, async () => {
+  const requests = [10, 120, 240].map((value) =>
+    create(ClassifyRequestSchema, {
+      input: { case: "tensor", value: create(TensorSchema, { shape: [1n, BigInt(side), BigInt(side)], dtype: DataType.UINT8, data: new Uint8Array(side * side).fill(value) }) },
+    }),
+  );
+
+  const ids: string[] = [];
+  for await (const response of client.classifyStream(requests)) {
+    assert.equal(response.error, undefined);
+    assert.equal(response.predictions.length, 1);
+    ids.push(response.requestId);
+  }
+
+  assert.deepEqual(ids.sort(), ["n1", "n2", "n3"]);
+});
+
+test("with an unreachable address first, round-robin plus retry still reaches the server", limits, async () => {
+  const balanced = new XRayClient(["http://127.0.0.1:1", server], { maxAttempts: 2, initialBackoffMs: 10 });
+
+  for (let i = 0; i < 4; i++) {
+    const info = await balanced.getModelInfo();
+    assert.equal(info.classNames.length, 14);
+  }
+});
+
+test("an unreachable server is UNAVAILABLE", limits, async () => {
+  const nowhere = new XRayClient("http://127.0.0.1:1", { maxAttempts: 2, initialBackoffMs: 10, timeoutMs: 5_000 });
+
+  await assert.rejects(nowhere.getModelInfo(), (error: unknown) => ConnectError.from(error).code === Code.Unavailable);
+});
+
+/** A minimal 8-bit grayscale PNG: signature, IHDR, one zlib IDAT (filter 0 per row), IEND. */
+function grayPng(width: number, height: number): Uint8Array {
+  const raw = Buffer.alloc((width + 1) * height);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) raw[y * (width + 1) + 1 + x] = (x * 255) / width;
+  }
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header.set([8, 0, 0, 0, 0], 8); // bit depth 8, colour type 0 (gray), deflate, no filter method, no interlace
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", header),
+    chunk("IDAT", deflateSync(raw)),
+    chunk("IEND", Buffer.alloc(0)),
+  ]);
+}
+
+function chunk(type: string, data: Buffer): Buffer {
+  const length = Buffer.alloc(4);
+  length.writeUInt32BE(data.length);
+  const body = Buffer.concat([Buffer.from(type, "ascii"), data]);
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32BE(crc32(body));
+  return Buffer.concat([length, body, crc]);
+}
+
+function crc32(bytes: Uint8Array): number {
+  let crc = 0xffffffff;
+  for (const byte of bytes) {
+    crc ^= byte;
+    for (let k = 0; k < 8; k++) crc = (crc >>> 1) ^ (0xedb88320 & -(crc & 1));
+  }
+  return (crc ^ 0xffffffff) >>> 0;
+}
