@@ -32,7 +32,7 @@ internal static class BenchmarkCommand
         command.SetAction((result, ct) => TrainApp.Guard(error, async () =>
         {
             var console = TrainApp.Console(output);
-            console.MarkupLine($"[grey]allocator: {Markup.Escape(JemallocPreload.Describe())}; libtorch threads: {get_num_threads()}; {Environment.ProcessorCount} cores[/]");
+            console.MarkupLine($"[grey]allocator: {Markup.Escape(XRay.Model.NativeAllocator.Describe())}; libtorch threads: {get_num_threads()}; {Environment.ProcessorCount} cores[/]");
             var training = new Table().AddColumns("architecture", "batch", "train images/s");
             foreach (var arch in List(result.GetValue(trainArchs)!))
             {

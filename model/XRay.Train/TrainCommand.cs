@@ -49,7 +49,7 @@ internal static class TrainCommand
         string? description,
         CancellationToken ct)
     {
-        console.MarkupLine($"[grey]allocator: {Markup.Escape(JemallocPreload.Describe())}; libtorch threads: {TorchSharp.torch.get_num_threads()}[/]");
+        console.MarkupLine($"[grey]allocator: {Markup.Escape(XRay.Model.NativeAllocator.Describe())}; libtorch threads: {TorchSharp.torch.get_num_threads()}[/]");
         using var sets = source.Load(spec, message => console.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
         console.MarkupLine($"split by patient (seed {source.Split.Seed}): {sets.Train.Count} train, {sets.Validation.Count} validation, {sets.Test.Count} test images");
         if (sets.Train.Count < 2)

@@ -1,3 +1,4 @@
+using XRay.Model;
 using XRay.Server.Hosting;
 
 NativeAllocator.PreloadJemalloc();

@@ -145,7 +145,7 @@ public sealed class BenchRunner(BenchOptions benchOptions, IRunPresenter present
         return new BenchResult
         {
             Model = new ModelSummary { Name = manifest.Name, Version = manifest.Version, Architecture = manifest.Architecture, Device = runner.Device, Precision = runner.Precision },
-            RawAllocator = JemallocPreload.Describe(),
+            RawAllocator = XRay.Model.NativeAllocator.Describe(),
             Raw = raw,
             Unbatched = unbatched,
             Batched = batched,

@@ -1,18 +1,19 @@
 using System.Runtime.InteropServices;
 
-namespace XRay.Server.Hosting;
+namespace XRay.Model;
 
 /// <summary>
-/// Puts jemalloc under TorchSharp. glibc malloc returns large tensor buffers to the kernel and re-faults their
-/// pages on every forward; with jemalloc (and its decay disabled) DenseNet-121 at batch 32 ran 6.8x faster on
-/// the reference machine. LD_PRELOAD only works from process start, so the server re-executes itself once,
-/// in place (execve: same PID, same arguments), with the allocator preloaded.
+/// Puts jemalloc under TorchSharp, for every program of this product that runs a network (server, trainer,
+/// load tester). glibc malloc returns large tensor buffers to the kernel and re-faults their pages on every
+/// forward; with jemalloc (and its decay disabled) DenseNet-121 at batch 32 ran 6.8x faster and a training step
+/// 6x faster on the reference machine. LD_PRELOAD only works from process start, so the program re-executes
+/// itself once, in place (execve: same PID, same arguments), with the allocator preloaded.
 /// </summary>
 /// <remarks>
 /// Skipped when jemalloc is already loaded, not installed (Debian: <c>libjemalloc2</c>), the process has
 /// re-executed once already, or <c>XRAY_ALLOCATOR=system</c> is set.
 /// </remarks>
-internal static class NativeAllocator
+public static class NativeAllocator
 {
     public const string DefaultMallocConf = "dirty_decay_ms:-1,muzzy_decay_ms:-1";
     private const string ReexecMarker = "XRAY_ALLOCATOR_REEXEC";
