@@ -3,6 +3,7 @@ using Grpc.Health.V1;
 using XRay.Client;
 using XRay.Contracts.V1;
 using XRay.Server.Tests.Infrastructure;
+using static XRay.Server.Tests.Infrastructure.Traffic;
 
 namespace XRay.Server.Tests;
 
@@ -18,34 +19,6 @@ public sealed class ServingBehaviourTests
         Tensor = Tensors.UInt8(Images.RandomPixels(Size * Size, seed), 1, Size, Size),
     };
 
-    /// <summary>Completes when the fake model has started its next batch.</summary>
-    private static Task<int> NextBatchStarted(FakeModelBackend backend)
-    {
-        var started = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
-        void OnStarted(int size)
-        {
-            backend.BatchStarted -= OnStarted;
-            started.TrySetResult(size);
-        }
-        backend.BatchStarted += OnStarted;
-        return started.Task;
-    }
-
-    /// <summary>
-    /// Waits until the batcher holds the given number of queued images: the calls travel through HTTP/2 and
-    /// Kestrel, so there is no event to await; the queue is polled, bounded by the test timeout.
-    /// </summary>
-    private static Task QueuedImagesReach(TestServer server, int images) => QueuedImagesUntil(server, queued => queued >= images);
-
-    private static async Task QueuedImagesUntil(TestServer server, Func<int, bool> condition)
-    {
-        using var cts = new CancellationTokenSource(Timeout);
-        while (!condition(server.Host.Current!.Batcher.QueuedItems))
-        {
-            await Task.Delay(TimeSpan.FromMilliseconds(1), cts.Token);
-        }
-    }
-
     [Fact]
     public async Task Classify_32ConcurrentCalls_RunInBatchesLargerThanOne()
     {
@@ -56,7 +29,7 @@ public sealed class ServingBehaviourTests
 
         var calls = Enumerable.Range(0, 32).Select(i => server.Client.ClassifyAsync(Request(i))).ToArray();
         await first.WaitAsync(Timeout);
-        await QueuedImagesReach(server, 32 - backend.BatchSizes.Sum());
+        await QueuedImagesBecome(server, 32 - backend.BatchSizes.Sum());
         backend.Release();
         ClassifyResponse[] responses = await Task.WhenAll(calls).WaitAsync(Timeout);
 
@@ -93,7 +66,7 @@ public sealed class ServingBehaviourTests
         Task<ClassifyResponse> running = server.Client.ClassifyAsync(Request(0));
         await first.WaitAsync(Timeout);
         var queued = Enumerable.Range(1, 4).Select(i => server.Client.ClassifyAsync(Request(i))).ToArray();
-        await QueuedImagesReach(server, 4);
+        await QueuedImagesBecome(server, 4);
 
         var rejected = await Assert.ThrowsAsync<RpcException>(() => server.Client.ClassifyAsync(Request(9))).WaitAsync(Timeout);
 
@@ -116,7 +89,7 @@ public sealed class ServingBehaviourTests
         var expired = await Assert.ThrowsAsync<RpcException>(() =>
             server.Stub.ClassifyAsync(Request(1), deadline: DateTime.UtcNow.AddMilliseconds(300)).ResponseAsync).WaitAsync(Timeout);
         // The client's deadline fires a little before the server's: release the model only once the server dropped it.
-        await QueuedImagesUntil(server, queued => queued == 0);
+        await QueuedImagesBecome(server, 0);
         backend.Release();
         await running.WaitAsync(Timeout);
         await server.Client.ClassifyAsync(Request(2)).WaitAsync(Timeout);
@@ -150,7 +123,7 @@ public sealed class ServingBehaviourTests
         Task<ClassifyResponse> running = server.Client.ClassifyAsync(Request(0));
         await first.WaitAsync(Timeout);
         var queued = Enumerable.Range(1, 3).Select(i => server.Client.ClassifyAsync(Request(i))).ToArray();
-        await QueuedImagesReach(server, 3);
+        await QueuedImagesBecome(server, 3);
         Task stopping;
 
         // Opened before the stop: once stopping, the server no longer accepts connections.
