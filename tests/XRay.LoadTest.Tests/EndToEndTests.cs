@@ -4,6 +4,7 @@ using XRay.Client;
 using XRay.LoadTest.Load;
 using XRay.LoadTest.Payloads;
 using XRay.Model;
+using XRay.Server.Tests.Infrastructure;
 
 namespace XRay.LoadTest.Tests;
 
@@ -15,7 +16,7 @@ public sealed class EndToEndTests
     [Fact]
     public async Task ClosedLoop_RequestCount_RecordsEveryRequestWithTheServersTiming()
     {
-        await using var server = await LoopbackServer.StartAsync();
+        await using var server = await TestServer.StartAsync();
         var profile = new LoadProfile { Concurrency = 4, Requests = 40, Warmup = TimeSpan.Zero };
 
         RunResult result = await new LoadRunner([server.Address], profile, Pool(PayloadKind.Float32)).RunAsync().WaitAsync(Bound);
@@ -35,7 +36,7 @@ public sealed class EndToEndTests
     [Fact]
     public async Task OpenLoop_ConstantRate_SendsOnScheduleForTheDuration()
     {
-        await using var server = await LoopbackServer.StartAsync();
+        await using var server = await TestServer.StartAsync();
         var profile = new LoadProfile
         {
             Mode = LoadMode.Open,
@@ -59,7 +60,7 @@ public sealed class EndToEndTests
     [Fact]
     public async Task OpenLoop_Poisson_StreamApi_ReachesTheRateWithinTolerance()
     {
-        await using var server = await LoopbackServer.StartAsync();
+        await using var server = await TestServer.StartAsync();
         var profile = new LoadProfile
         {
             Mode = LoadMode.Open,
@@ -96,19 +97,19 @@ public sealed class EndToEndTests
     [Fact]
     public async Task Client_SeveralAddresses_SpreadsCallsRoundRobin()
     {
-        var first = new CountingBackend();
-        var second = new CountingBackend();
-        await using var a = await LoopbackServer.StartAsync(first);
-        await using var b = await LoopbackServer.StartAsync(second);
+        var first = new FakeModelBackend();
+        var second = new FakeModelBackend();
+        await using var a = await TestServer.StartAsync(new FakeModelBackendFactory(first));
+        await using var b = await TestServer.StartAsync(new FakeModelBackendFactory(second));
         using var client = new XRayClassifierClient([a.Address, b.Address], new XRayClientOptions { Timeout = TimeSpan.FromSeconds(30) });
         var image = new float[3 * 224 * 224];
 
         // round_robin uses the servers it is connected to: until both connections are up, calls may all go to one.
-        for (int i = 0; i < 500 && (first.Images == 0 || second.Images == 0); i++)
+        for (int i = 0; i < 500 && (first.ImagesComputed == 0 || second.ImagesComputed == 0); i++)
         {
             await client.ClassifyTensorAsync(image, [3, 224, 224]).WaitAsync(Bound);
         }
-        (int firstBefore, int secondBefore) = (first.Images, second.Images);
+        (int firstBefore, int secondBefore) = (first.ImagesComputed, second.ImagesComputed);
         for (int i = 0; i < 20; i++)
         {
             await client.ClassifyTensorAsync(image, [3, 224, 224]).WaitAsync(Bound);
@@ -116,15 +117,15 @@ public sealed class EndToEndTests
 
         Assert.True(firstBefore > 0 && secondBefore > 0, $"one server never got a call: {firstBefore}, {secondBefore}");
         // Both connected: calls alternate.
-        Assert.Equal(10, first.Images - firstBefore);
-        Assert.Equal(10, second.Images - secondBefore);
+        Assert.Equal(10, first.ImagesComputed - firstBefore);
+        Assert.Equal(10, second.ImagesComputed - secondBefore);
     }
 
     [Fact]
     public async Task Client_SeveralAddressesOneDown_CallsStillSucceed()
     {
-        var backend = new CountingBackend();
-        await using var up = await LoopbackServer.StartAsync(backend);
+        var backend = new FakeModelBackend();
+        await using var up = await TestServer.StartAsync(new FakeModelBackendFactory(backend));
         using var client = new XRayClassifierClient([up.Address, "http://127.0.0.1:1"], new XRayClientOptions { Timeout = TimeSpan.FromSeconds(30) });
 
         for (int i = 0; i < 6; i++)
@@ -132,13 +133,13 @@ public sealed class EndToEndTests
             await client.ClassifyTensorAsync(new float[3 * 224 * 224], [3, 224, 224]).WaitAsync(Bound);
         }
 
-        Assert.Equal(6, backend.Images);
+        Assert.Equal(6, backend.ImagesComputed);
     }
 
     [Fact]
     public async Task Cli_Run_WritesJsonMarkdownAndPlots()
     {
-        await using var server = await LoopbackServer.StartAsync();
+        await using var server = await TestServer.StartAsync();
         string directory = Directory.CreateTempSubdirectory("xray-loadtest").FullName;
         try
         {
@@ -174,7 +175,7 @@ public sealed class EndToEndTests
     [Fact]
     public async Task Cli_OpenLoopSweep_RunsEachRateInOrder()
     {
-        await using var server = await LoopbackServer.StartAsync();
+        await using var server = await TestServer.StartAsync();
         string directory = Directory.CreateTempSubdirectory("xray-sweep").FullName;
         try
         {

@@ -50,6 +50,7 @@ internal sealed class TestServer : IAsyncDisposable
             "--Kestrel:Endpoints:Grpc:Url=http://127.0.0.1:0",
             "--Kestrel:Endpoints:Metrics:Url=http://127.0.0.1:0",
             "--Model:Warmup=none",
+            "--Model:Device=cpu",
             .. settings,
         ];
         WebApplication app = XRayServerApp.Build(args, builder =>
