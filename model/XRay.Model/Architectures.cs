@@ -12,7 +12,46 @@ public static class Architectures
     public const string ResNet50 = "resnet50";
     public const string DenseNet121 = "densenet121";
 
-    public static IReadOnlyList<string> Names { get; } = Array.AsReadOnly([SmallCnn, ResNet18, ResNet50, DenseNet121]);
+    /// <summary>
+    /// CNTK's ImageNet ResNet-18 (the one <c>Microsoft.ML.DnnImageFeaturizer.ResNet18</c> ships): basic blocks
+    /// [2, 2, 2, 3], a 224x224 mean image subtracted from 0..255 RGB input. Weights come from its ONNX file
+    /// (<see cref="Onnx.CntkResNetImporter"/>).
+    /// </summary>
+    public const string ResNet18Cntk = "resnet18_cntk";
+
+    /// <summary><see cref="ResNet18Cntk"/> on one gray channel: the first convolution summed over R, G and B (exact for gray images).</summary>
+    public const string ResNet18CntkGray = "resnet18_cntk_gray";
+
+    public static IReadOnlyList<string> Names { get; } =
+        Array.AsReadOnly([SmallCnn, ResNet18, ResNet50, DenseNet121, ResNet18Cntk, ResNet18CntkGray]);
+
+    /// <summary>Channels of the network's input: 1 for <see cref="ResNet18CntkGray"/>, else 3.</summary>
+    public static int InputChannels(string architecture) => architecture == ResNet18CntkGray ? 1 : 3;
+
+    /// <summary>
+    /// The preprocessing the architecture's pretrained weights expect: for the CNTK ResNets 0..255 pixel values
+    /// (mean 0, std 1/255; the mean image is the network's own first step) at 224 px, one channel for the gray stem;
+    /// otherwise ImageNet's normalisation at <paramref name="cropSize"/>.
+    /// </summary>
+    public static PreprocessingSpec DefaultPreprocessing(string architecture, int cropSize = 224, int? resizeSize = null) => architecture switch
+    {
+        ResNet18Cntk or ResNet18CntkGray => new PreprocessingSpec
+        {
+            CropSize = cropSize,
+            ResizeSize = resizeSize ?? cropSize,
+            Mean = architecture == ResNet18CntkGray ? [0f] : [0f, 0f, 0f],
+            Std = architecture == ResNet18CntkGray ? [1f / 255] : [1f / 255, 1f / 255, 1f / 255],
+            Color = architecture == ResNet18CntkGray ? PreprocessingSpec.Grayscale : PreprocessingSpec.GrayscaleReplicated,
+        },
+        _ => new PreprocessingSpec { CropSize = cropSize, ResizeSize = resizeSize ?? cropSize },
+    };
+
+    /// <summary>The state-dict prefix of the final <c>Linear</c> layer (the classification head): <c>fc.</c> or <c>classifier.</c>.</summary>
+    public static string HeadPrefix(string architecture) => architecture switch
+    {
+        DenseNet121 or SmallCnn => "classifier.",
+        _ => "fc.",
+    };
 
     /// <summary>
     /// Creates the network with random initialisation (torchvision's scheme, drawn from torch's global generator);
@@ -41,6 +80,8 @@ public static class Architectures
             ResNet18 => ResNetNetwork.ResNet18(numClasses),
             ResNet50 => ResNetNetwork.ResNet50(numClasses),
             DenseNet121 => new DenseNetNetwork(numClasses),
+            ResNet18Cntk => ResNetNetwork.ResNet18Cntk(numClasses, gray: false),
+            ResNet18CntkGray => ResNetNetwork.ResNet18Cntk(numClasses, gray: true),
             _ => throw new ArgumentException(
                 $"Unknown architecture '{architecture}'; known: {string.Join(", ", Names)}.", nameof(architecture)),
         };

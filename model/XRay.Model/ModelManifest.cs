@@ -118,6 +118,13 @@ public sealed record ModelManifest
         }
 
         Preprocessing.Validate();
+        var channels = Architectures.InputChannels(Architecture);
+        if (Preprocessing.Channels != channels)
+        {
+            throw new ArgumentException(
+                $"Manifest '{Name}': architecture '{Architecture}' takes {channels}-channel input but preprocessing color " +
+                $"'{Preprocessing.Color}' gives {Preprocessing.Channels}.");
+        }
     }
 
     public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);

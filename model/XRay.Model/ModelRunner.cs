@@ -24,6 +24,7 @@ public sealed class ModelRunner : IDisposable
     private readonly Device _device;
     private readonly ScalarType _dtype;
     private readonly int _cropSize;
+    private readonly int _channels;
     private readonly BlockingCollection<WorkItem> _queue = new(new ConcurrentQueue<WorkItem>());
     private readonly Thread[] _workers;
     private volatile bool _disposed;
@@ -60,7 +61,8 @@ public sealed class ModelRunner : IDisposable
 
         Manifest = model.Manifest;
         var crop = Manifest.Preprocessing.CropSize;
-        InputLength = 3 * crop * crop;
+        _channels = Manifest.Preprocessing.Channels;
+        InputLength = _channels * crop * crop;
         NumClasses = Manifest.ClassNames.Count;
         _cropSize = crop;
         _device = Device == "cuda" ? CUDA : CPU;
@@ -89,7 +91,7 @@ public sealed class ModelRunner : IDisposable
     /// <summary><c>fp32</c> or <c>bf16</c>.</summary>
     public string Precision { get; }
 
-    /// <summary>Floats per image: <c>3 * CropSize * CropSize</c>.</summary>
+    /// <summary>Floats per image: <c>Channels * CropSize * CropSize</c> (<see cref="PreprocessingSpec.Channels"/>).</summary>
     public int InputLength { get; }
 
     public int NumClasses { get; }
@@ -254,7 +256,7 @@ public sealed class ModelRunner : IDisposable
     {
         Debug.Assert(input.Length == batchSize * InputLength);
         using var scope = NewDisposeScope();
-        var x = tensor(input, [batchSize, 3, _cropSize, _cropSize]);
+        var x = tensor(input, [batchSize, _channels, _cropSize, _cropSize]);
         if (_dtype != ScalarType.Float32 || _device.type != DeviceType.CPU)
         {
             x = x.to(_dtype, _device);

@@ -97,7 +97,7 @@ internal static class BenchmarkCommand
         using var network = Architectures.Create(arch, 14);
         network.train();
         var optimizer = optim.AdamW(network.parameters(), lr: 1e-4);
-        using var input = randn(batch, 3, 224, 224);
+        using var input = randn(batch, Architectures.InputChannels(arch), 224, 224);
         using var targets = randint(0, 2, [batch, 14]).to_type(ScalarType.Float32);
         using var mask = ones(batch, 14);
         var watch = new Stopwatch();

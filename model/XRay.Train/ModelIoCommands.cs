@@ -2,6 +2,7 @@ using System.CommandLine;
 using Spectre.Console;
 using XRay.Model;
 using XRay.Model.Checkpoints;
+using XRay.Model.Onnx;
 using XRay.Model.Training;
 
 namespace XRay.Train;
@@ -40,6 +41,52 @@ internal static class ModelIoCommands
             using var model = SafetensorsWeights.Import(result.GetValue(file)!, manifest, result.GetValue(strip));
             Checkpoint.Save(result.GetValue(outDir)!, manifest, model.Network);
             TrainApp.Console(output).MarkupLine($"imported {Markup.Escape(manifest.Architecture)} ({manifest.ClassNames.Count} classes) to {Markup.Escape(result.GetValue(outDir)!)}");
+            return Task.FromResult(0);
+        }));
+        return command;
+    }
+
+    public static Command ImportOnnx(TextWriter output, TextWriter error)
+    {
+        var backbone = new Option<string>("--onnx")
+        {
+            Description = "CNTK's ImageNet ResNet18.onnx (default: the copy from the Microsoft.ML.DnnImageFeaturizer.ResNet18 package beside this tool).",
+            DefaultValueFactory = _ => Path.Combine(CntkResNetImporter.BundledDirectory, CntkResNetImporter.BackboneFileName),
+        };
+        var meanImage = new Option<string?>("--mean-image-onnx") { Description = "ResNetPreprocess.onnx (default: beside --onnx)." };
+        var gray = new Option<bool>("--gray") { Description = "Gray stem: conv1 summed over R, G, B; 1-channel input (resnet18_cntk_gray)." };
+        var classes = new Option<string?>("--classes") { Description = "Comma-separated class names in output order (default: NIH's 14 findings)." };
+        var seed = new Option<int>("--seed") { Description = "Seed of the new classification head.", DefaultValueFactory = _ => 1 };
+        var name = new Option<string>("--name") { Description = "Model name.", DefaultValueFactory = _ => "resnet18-imagenet-cntk" };
+        var outDir = new Option<string>("--out") { Description = "Checkpoint folder to write (manifest.json + weights.bin).", Required = true };
+        var command = new Command("import-onnx", "Make a checkpoint from CNTK's ImageNet ResNet-18 (ONNX): backbone and mean image imported exactly, a new untrained head; a starting point for train --init.")
+        {
+            backbone, meanImage, gray, classes, seed, name, outDir,
+        };
+        command.SetAction((result, _) => TrainApp.Guard(error, () =>
+        {
+            var onnx = result.GetValue(backbone)!;
+            var architecture = result.GetValue(gray) ? Architectures.ResNet18CntkGray : Architectures.ResNet18Cntk;
+            var manifest = new ModelManifest
+            {
+                Name = result.GetValue(name)!,
+                Version = "1.0.0",
+                Architecture = architecture,
+                ClassNames = result.GetValue(classes)?.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+                    ?? ChestXrayFindings.Nih14,
+                Preprocessing = Architectures.DefaultPreprocessing(architecture),
+                Description = TrainCommand.WithDisclaimer(
+                    $"CNTK's ImageNet-pretrained ResNet-18 imported from {Path.GetFileName(onnx)}; the classification head is untrained."),
+            };
+            using var generator = new TorchSharp.torch.Generator((ulong)result.GetValue(seed));
+            using var network = CntkResNetImporter.Create(
+                onnx,
+                result.GetValue(meanImage) ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(onnx))!, CntkResNetImporter.MeanImageFileName),
+                result.GetValue(gray),
+                manifest.ClassNames.Count,
+                generator);
+            Checkpoint.Save(result.GetValue(outDir)!, manifest, network);
+            TrainApp.Console(output).MarkupLine($"imported {Markup.Escape(architecture)} from {Markup.Escape(onnx)} to {Markup.Escape(result.GetValue(outDir)!)}");
             return Task.FromResult(0);
         }));
         return command;

@@ -18,6 +18,7 @@ public static class TrainApp
             EvaluateCommand.Create(output, error),
             CrossValidateCommand.Create(output, error),
             ModelIoCommands.Import(output, error),
+            ModelIoCommands.ImportOnnx(output, error),
             ModelIoCommands.Export(output, error),
             ModelIoCommands.Synth(output, error),
             BenchmarkCommand.Create(output, error),
@@ -56,5 +57,5 @@ public static class TrainApp
 
     private static bool IsExpected(Exception e) =>
         e is ArgumentException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException
-            or InvalidOperationException or XRay.Model.InvalidImageException or FormatException;
+            or InvalidOperationException or XRay.Model.InvalidImageException or FormatException or XRay.Model.Onnx.OnnxImportException;
 }

@@ -73,7 +73,7 @@ internal static class TrainCommand
             ClassNames = classes,
             Preprocessing = spec,
             Description = WithDisclaimer(description ??
-                $"{options.Architecture} trained from scratch by xray-train on {dataDescription} " +
+                $"{options.Architecture} {(options.InitialWeights is null ? "trained from scratch" : $"fine-tuned from {Path.GetFileName(options.InitialWeights.TrimEnd('/'))}")} by xray-train on {dataDescription} " +
                 $"({sets.Train.Count} training images, patient-level split)."),
             Training = new JsonObject
             {
@@ -146,7 +146,7 @@ internal static class TrainCommand
 /// <summary>The training options shared by <c>train</c> and <c>crossval</c>.</summary>
 internal sealed class TrainingOptionSet
 {
-    private readonly Option<string> _arch = new("--arch") { Description = "small_cnn, resnet18, resnet50 or densenet121.", DefaultValueFactory = _ => Architectures.SmallCnn };
+    private readonly Option<string> _arch = new("--arch") { Description = string.Join(", ", Architectures.Names) + ".", DefaultValueFactory = _ => Architectures.SmallCnn };
     private readonly Option<int> _epochs = new("--epochs") { Description = "Epochs (fixed schedule).", DefaultValueFactory = _ => 30 };
     private readonly Option<int> _batch = new("--batch-size") { Description = "Images per step.", DefaultValueFactory = _ => 32 };
     private readonly Option<double> _lr = new("--lr") { Description = "Peak learning rate (AdamW; linear warm-up, cosine decay).", DefaultValueFactory = _ => 1e-3 };
@@ -158,11 +158,18 @@ internal sealed class TrainingOptionSet
     private readonly Option<bool> _hflip = new("--hflip") { Description = "Also mirror left-right (off by default: anatomy is not symmetric)." };
     private readonly Option<int> _imageSize = new("--image-size") { Description = "Network input size (centre crop), pixels.", DefaultValueFactory = _ => 224 };
     private readonly Option<int?> _resize = new("--resize") { Description = "Shorter side before the crop (default: --image-size)." };
+    private readonly Option<string?> _init = new("--init")
+    {
+        Description = "Start from these weights: 'imagenet' (CNTK's ImageNet ResNet-18 from the NuGet package; --arch resnet18_cntk or resnet18_cntk_gray), " +
+            "a ResNet18.onnx path, or a checkpoint folder of the same architecture. Default: from scratch.",
+    };
+    private readonly Option<int> _frozenEpochs = new("--frozen-epochs") { Description = "First epochs training only the head (backbone frozen, batch norm fixed); = --epochs is a linear probe.", DefaultValueFactory = _ => 0 };
+    private readonly Option<double> _backboneLrFactor = new("--backbone-lr-factor") { Description = "Backbone learning rate as a fraction of the head's once unfrozen.", DefaultValueFactory = _ => 1.0 };
     private readonly Option<int> _threads = new("--threads") { Description = "libtorch threads (0: libtorch's default, one per core).", DefaultValueFactory = _ => 0 };
 
     public void AddTo(Command command)
     {
-        foreach (var option in new Option[] { _arch, _epochs, _batch, _lr, _weightDecay, _warmup, _seed, _posWeight, _noAugment, _hflip, _imageSize, _resize, _threads })
+        foreach (var option in new Option[] { _arch, _epochs, _batch, _lr, _weightDecay, _warmup, _seed, _posWeight, _noAugment, _hflip, _imageSize, _resize, _init, _frozenEpochs, _backboneLrFactor, _threads })
         {
             command.Options.Add(option);
         }
@@ -187,10 +194,18 @@ internal sealed class TrainingOptionSet
             Seed = result.GetValue(_seed),
             PosWeight = result.GetValue(_posWeight),
             Augmentation = result.GetValue(_noAugment) ? AugmentationOptions.None : new AugmentationOptions { HorizontalFlip = result.GetValue(_hflip) },
+            InitialWeights = result.GetValue(_init) switch
+            {
+                null or "" => null,
+                "imagenet" => Path.Combine(XRay.Model.Onnx.CntkResNetImporter.BundledDirectory, XRay.Model.Onnx.CntkResNetImporter.BackboneFileName),
+                var path => Path.GetFullPath(path),
+            },
+            FrozenEpochs = result.GetValue(_frozenEpochs),
+            BackboneLearningRateFactor = result.GetValue(_backboneLrFactor),
         };
         options.Validate();
         var size = result.GetValue(_imageSize);
-        var spec = new PreprocessingSpec { CropSize = size, ResizeSize = result.GetValue(_resize) ?? size };
+        var spec = Architectures.DefaultPreprocessing(options.Architecture, size, result.GetValue(_resize));
         spec.Validate();
         return (options, spec);
     }

@@ -12,6 +12,8 @@ public class ArchitecturesTests
     [InlineData("resnet18", 2)]
     [InlineData("resnet50", 1)]
     [InlineData("densenet121", 1)]
+    [InlineData("resnet18_cntk", 2)]
+    [InlineData("resnet18_cntk_gray", 2)]
     public void Create_ForwardGivesOneLogitPerClassPerImage(string architecture, int batch)
     {
         using var network = Architectures.Create(architecture, Classes);
@@ -19,7 +21,7 @@ public class ArchitecturesTests
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
 
-        var logits = network.call(randn(batch, 3, 224, 224));
+        var logits = network.call(randn(batch, Architectures.InputChannels(architecture), 224, 224));
 
         Assert.Equal([batch, Classes], logits.shape);
         Assert.Equal(ScalarType.Float32, logits.dtype);
@@ -29,7 +31,30 @@ public class ArchitecturesTests
     [Fact]
     public void Names_ListsEveryArchitecture()
     {
-        Assert.Equal(["small_cnn", "resnet18", "resnet50", "densenet121"], Architectures.Names);
+        Assert.Equal(["small_cnn", "resnet18", "resnet50", "densenet121", "resnet18_cntk", "resnet18_cntk_gray"], Architectures.Names);
+    }
+
+    [Fact]
+    public void ResNet18Cntk_IsResNet18WithAThirdBlockInTheLastStage_AndAMeanImageStem()
+    {
+        using var rgb = Architectures.Create(Architectures.ResNet18Cntk, Classes);
+        using var gray = Architectures.Create(Architectures.ResNet18CntkGray, Classes);
+        var names = rgb.state_dict().Keys.ToHashSet();
+        Assert.Contains("layer4.2.conv2.weight", names);
+        Assert.DoesNotContain("layer4.3.conv1.weight", names);
+        Assert.DoesNotContain("layer3.2.conv1.weight", names);
+        // torchvision's ResNet-18 plus one 512-channel basic block (2 x 3x3x512x512 convolutions, 2 batch norms).
+        Assert.Equal(11_176_512L + 2 * 512 * 512 * 9 + 4 * 512 + 512 * Classes + Classes, CountParameters(rgb));
+        Assert.Equal([1L, 3, 224, 224], rgb.state_dict()["input_mean"].shape);
+        Assert.Equal([64L, 1, 7, 7], gray.state_dict()["conv1.weight"].shape);
+        Assert.Equal([1L, 64, 112, 112], gray.state_dict()["stem_offset"].shape);
+
+        // The mean image ties the stem to 224 x 224 input; another size is refused with a message, not a broadcast error.
+        using var noGrad = no_grad();
+        rgb.eval();
+        using var small = randn(1, 3, 192, 192);
+        var e = Assert.Throws<ArgumentException>(() => rgb.call(small));
+        Assert.Contains("224x224 mean image", e.Message);
     }
 
     [Fact]

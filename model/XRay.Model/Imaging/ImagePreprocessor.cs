@@ -7,7 +7,8 @@ namespace XRay.Model;
 
 /// <summary>
 /// The one implementation of <see cref="PreprocessingSpec"/>, shared by server and trainer. Every method writes
-/// CHW float32, <c>3 x CropSize x CropSize</c>, normalised per channel as <c>(x - mean) / std</c>.
+/// CHW float32, <c>Channels x CropSize x CropSize</c> (3, or 1 for <see cref="PreprocessingSpec.Grayscale"/>),
+/// normalised per channel as <c>(x - mean) / std</c>.
 /// Thread-safe: instances hold only the immutable spec.
 /// </summary>
 public sealed class ImagePreprocessor
@@ -19,6 +20,7 @@ public sealed class ImagePreprocessor
 
     private readonly int _cropSize;
     private readonly int _planeLength;
+    private readonly int _channels;
     private readonly float[] _mean;
     private readonly float[] _std;
 
@@ -30,21 +32,22 @@ public sealed class ImagePreprocessor
         Spec = spec;
         _cropSize = spec.CropSize;
         _planeLength = spec.CropSize * spec.CropSize;
+        _channels = spec.Channels;
         _mean = [.. spec.Mean];
         _std = [.. spec.Std];
     }
 
     public PreprocessingSpec Spec { get; }
 
-    /// <summary><c>3 * CropSize * CropSize</c>.</summary>
-    public int OutputLength => 3 * _planeLength;
+    /// <summary><c>Channels * CropSize * CropSize</c>.</summary>
+    public int OutputLength => _channels * _planeLength;
 
     /// <summary>
     /// PNG (8 or 16 bits; grayscale, grayscale+alpha, RGB, RGBA, palette) or JPEG, any size up to
     /// <see cref="MaxPixels"/>: to luma (BT.601 weights; alpha ignored; 16-bit grayscale at full precision, other
     /// 16-bit PNGs reduced to 8 bits by Skia), EXIF orientation applied, shorter side
     /// resized to <c>ResizeSize</c> (antialiased bilinear), centre-cropped, scaled to [0, 1], replicated to three
-    /// channels and normalised. No colour management: stored values are used as they are.
+    /// channels (unless the spec is 1-channel) and normalised. No colour management: stored values are used as they are.
     /// </summary>
     /// <exception cref="InvalidImageException">The bytes are not a decodable PNG or JPEG, or the image is too large.</exception>
     public void Decode(ReadOnlySpan<byte> encoded, Span<float> destination)
@@ -64,11 +67,28 @@ public sealed class ImagePreprocessor
         }
     }
 
-    /// <summary>A uint8 image already <c>CropSize x CropSize</c>, CHW with 1 channel (replicated) or 3: to [0, 1], normalised.</summary>
+    /// <summary>
+    /// A uint8 image already <c>CropSize x CropSize</c>, CHW with 1 channel (replicated) or 3: to [0, 1], normalised.
+    /// For a 1-channel spec, 3 channels become luma (BT.601 weights), as decoded colour images do.
+    /// </summary>
     public void NormalizeUInt8(ReadOnlySpan<byte> chw, int channels, Span<float> destination)
     {
         CheckInput(chw.Length, channels, destination);
-        for (var c = 0; c < 3; c++)
+        if (_channels == 1 && channels == 3)
+        {
+            var r = chw[.._planeLength];
+            var g = chw.Slice(_planeLength, _planeLength);
+            var b = chw.Slice(2 * _planeLength, _planeLength);
+            float mean0 = _mean[0], std0 = _std[0];
+            for (var i = 0; i < _planeLength; i++)
+            {
+                destination[i] = ((0.299f * r[i] + 0.587f * g[i] + 0.114f * b[i]) / 255f - mean0) / std0;
+            }
+
+            return;
+        }
+
+        for (var c = 0; c < _channels; c++)
         {
             var source = chw.Slice(channels == 1 ? 0 : c * _planeLength, _planeLength);
             var target = destination.Slice(c * _planeLength, _planeLength);
@@ -80,14 +100,22 @@ public sealed class ImagePreprocessor
         }
     }
 
-    /// <summary>Float32 CHW already normalised, 1 channel (replicated) or 3: copied as is.</summary>
+    /// <summary>
+    /// Float32 CHW already normalised, 1 channel (replicated) or 3: copied as is. A 1-channel spec takes only 1 channel:
+    /// normalised values of 3 channels cannot be turned into its one.
+    /// </summary>
     public void CopyFloat(ReadOnlySpan<float> chw, int channels, Span<float> destination)
     {
         CheckInput(chw.Length, channels, destination);
-        if (channels == 3)
+        if (channels == _channels)
         {
             chw.CopyTo(destination);
             return;
+        }
+
+        if (_channels == 1)
+        {
+            throw new ArgumentException("This model takes 1-channel (gray) float32 input; 3 normalised channels cannot be reduced to it.", nameof(channels));
         }
 
         for (var c = 0; c < 3; c++)
@@ -100,7 +128,7 @@ public sealed class ImagePreprocessor
     private void NormalizeReplicated(ReadOnlySpan<float> plane, Span<float> destination)
     {
         // Channels 2 and 1 first: channel 0 is the plane itself and is overwritten last.
-        for (var c = 2; c >= 0; c--)
+        for (var c = _channels - 1; c >= 0; c--)
         {
             var target = destination.Slice(c * _planeLength, _planeLength);
             float mean = _mean[c], std = _std[c];
@@ -116,7 +144,7 @@ public sealed class ImagePreprocessor
         if (destination.Length != OutputLength)
         {
             throw new ArgumentException(
-                $"Destination holds {destination.Length} floats; expected 3 x {_cropSize} x {_cropSize} = {OutputLength}.",
+                $"Destination holds {destination.Length} floats; expected {_channels} x {_cropSize} x {_cropSize} = {OutputLength}.",
                 nameof(destination));
         }
     }

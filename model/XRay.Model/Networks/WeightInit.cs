@@ -15,35 +15,41 @@ internal static class WeightInit
 {
     public static void Apply(nn.Module root, Generator? generator)
     {
-        using var noGrad = torch.no_grad();
         foreach (var (_, module) in root.named_modules())
         {
-            switch (module)
-            {
-                case Conv2d conv:
-                    var w = conv.weight!;
-                    var fanOut = w.shape[0] * w.shape[2] * w.shape[3];
-                    w.normal_(0.0, Math.Sqrt(2.0 / fanOut), generator);
-                    if (conv.bias is { } convBias)
-                    {
-                        nn.init.zeros_(convBias);
-                    }
+            Initialise(module, generator);
+        }
+    }
 
-                    break;
-                case BatchNorm2d norm:
-                    nn.init.ones_(norm.weight!);
-                    nn.init.zeros_(norm.bias!);
-                    break;
-                case Linear linear:
-                    var bound = 1.0 / Math.Sqrt(linear.weight!.shape[1]);
-                    linear.weight.uniform_(-bound, bound, generator);
-                    if (linear.bias is { } linearBias)
-                    {
-                        nn.init.zeros_(linearBias);
-                    }
+    /// <summary>Initialises one layer (convolution, batch norm or linear); other modules are left as they are.</summary>
+    public static void Initialise(nn.Module module, Generator? generator)
+    {
+        using var noGrad = torch.no_grad();
+        switch (module)
+        {
+            case Conv2d conv:
+                var w = conv.weight!;
+                var fanOut = w.shape[0] * w.shape[2] * w.shape[3];
+                w.normal_(0.0, Math.Sqrt(2.0 / fanOut), generator);
+                if (conv.bias is { } convBias)
+                {
+                    nn.init.zeros_(convBias);
+                }
 
-                    break;
-            }
+                break;
+            case BatchNorm2d norm:
+                nn.init.ones_(norm.weight!);
+                nn.init.zeros_(norm.bias!);
+                break;
+            case Linear linear:
+                var bound = 1.0 / Math.Sqrt(linear.weight!.shape[1]);
+                linear.weight.uniform_(-bound, bound, generator);
+                if (linear.bias is { } linearBias)
+                {
+                    nn.init.zeros_(linearBias);
+                }
+
+                break;
         }
     }
 }

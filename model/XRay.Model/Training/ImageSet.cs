@@ -166,20 +166,22 @@ public sealed class ImageSet : IDisposable
     }
 }
 
-/// <summary>Turns <c>[B, 1, S, S]</c> luma in [0, 1] into the network input: replicated to 3 channels, <c>(x - mean) / std</c>.</summary>
+/// <summary>Turns <c>[B, 1, S, S]</c> luma in [0, 1] into the network input: replicated to the spec's channels (3 or 1), <c>(x - mean) / std</c>.</summary>
 public sealed class Normalizer : IDisposable
 {
     private readonly Tensor _mean;
     private readonly Tensor _std;
+    private readonly int _channels;
 
     public Normalizer(PreprocessingSpec spec)
     {
         ArgumentNullException.ThrowIfNull(spec);
-        _mean = tensor(spec.Mean, [1, 3, 1, 1]);
-        _std = tensor(spec.Std, [1, 3, 1, 1]);
+        _channels = spec.Channels;
+        _mean = tensor(spec.Mean, [1, _channels, 1, 1]);
+        _std = tensor(spec.Std, [1, _channels, 1, 1]);
     }
 
-    public Tensor Apply(Tensor luma) => (luma.expand(-1, 3, -1, -1) - _mean) / _std;
+    public Tensor Apply(Tensor luma) => (luma.expand(-1, _channels, -1, -1) - _mean) / _std;
 
     public void Dispose()
     {

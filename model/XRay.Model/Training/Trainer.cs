@@ -113,10 +113,19 @@ public sealed class Trainer
 
         using var enableGrad = enable_grad();
         using var generator = new Generator((ulong)_options.Seed);
-        var network = Architectures.Create(_options.Architecture, train.NumClasses, generator);
+        var network = _options.InitialWeights is null
+            ? Architectures.Create(_options.Architecture, train.NumClasses, generator)
+            : InitialWeights.Create(_options.InitialWeights, _options.Architecture, train.ClassNames, generator);
         try
         {
-            var optimizer = optim.AdamW(network.parameters(), lr: _options.LearningRate, weight_decay: _options.WeightDecay);
+            // Two parameter groups: the head (group 0) at the scheduled rate, the rest (group 1) at a fraction of it.
+            var head = Architectures.HeadPrefix(_options.Architecture);
+            var named = network.named_parameters().ToList();
+            var headParameters = named.Where(p => p.name.StartsWith(head, StringComparison.Ordinal)).Select(p => p.parameter).ToList();
+            var backboneParameters = named.Where(p => !p.name.StartsWith(head, StringComparison.Ordinal)).Select(p => p.parameter).ToList();
+            var optimizer = optim.AdamW(
+                [new AdamW.ParamGroup(headParameters), new AdamW.ParamGroup(backboneParameters)],
+                lr: _options.LearningRate, weight_decay: _options.WeightDecay);
             var history = new List<EpochSummary>();
             var firstEpoch = 1;
             var resumeDirectory = outputDirectory is null ? null : Path.Combine(outputDirectory, ResumeFolder);
@@ -139,8 +148,14 @@ public sealed class Trainer
             using var normalizer = new Normalizer(manifest.Preprocessing);
             for (var epoch = firstEpoch; epoch <= _options.Epochs; epoch++)
             {
+                var frozen = epoch <= _options.FrozenEpochs;
+                foreach (var parameter in backboneParameters)
+                {
+                    parameter.requires_grad = !frozen;
+                }
+
                 var summary = RunEpoch(epoch, network, optimizer, train, validation, normalizer, posWeight,
-                    batchSize, stepsPerEpoch, totalSteps, warmupSteps, cancellationToken);
+                    batchSize, stepsPerEpoch, totalSteps, warmupSteps, frozen, cancellationToken);
                 history.Add(summary);
                 if (outputDirectory is not null)
                 {
@@ -148,6 +163,11 @@ public sealed class Trainer
                 }
 
                 OnEpoch?.Invoke(summary);
+            }
+
+            foreach (var parameter in backboneParameters)
+            {
+                parameter.requires_grad = true;
             }
 
             network.eval();
@@ -218,9 +238,19 @@ public sealed class Trainer
         int stepsPerEpoch,
         int totalSteps,
         int warmupSteps,
+        bool frozen,
         CancellationToken cancellationToken)
     {
-        network.train();
+        // Frozen: the network is a fixed feature extractor (batch norm uses its stored statistics); only the head learns.
+        if (frozen)
+        {
+            network.eval();
+        }
+        else
+        {
+            network.train();
+        }
+
         // One generator per epoch, from (seed, epoch) alone: a resumed run shuffles and augments exactly as an uninterrupted one.
         var random = new Random(unchecked(_options.Seed * 1_000_003 + epoch));
         var order = Enumerable.Range(0, train.Count).Select(i => (long)i).ToArray();
@@ -234,10 +264,9 @@ public sealed class Trainer
             cancellationToken.ThrowIfCancellationRequested();
             var globalStep = (epoch - 1) * stepsPerEpoch + step;
             var learningRate = LearningRateSchedule.At(globalStep, totalSteps, warmupSteps, _options.LearningRate, _options.FinalLearningRateFraction);
-            foreach (var group in optimizer.ParamGroups)
-            {
-                group.LearningRate = learningRate;
-            }
+            var groups = optimizer.ParamGroups.ToList();
+            groups[0].LearningRate = learningRate;
+            groups[1].LearningRate = frozen ? 0 : learningRate * _options.BackboneLearningRateFactor;
 
             var indices = order.AsSpan(step * batchSize, Math.Min(batchSize, order.Length - step * batchSize));
             float loss;

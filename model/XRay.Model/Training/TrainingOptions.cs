@@ -44,6 +44,23 @@ public sealed record TrainingOptions
 
     public AugmentationOptions Augmentation { get; init; } = new();
 
+    /// <summary>
+    /// Start from these weights instead of a random initialisation (see <see cref="InitialWeights"/>): a checkpoint folder
+    /// of the same architecture, or, for <c>resnet18_cntk</c> / <c>resnet18_cntk_gray</c>, CNTK's ImageNet
+    /// <c>ResNet18.onnx</c> (with <c>ResNetPreprocess.onnx</c> beside it). The classification head is drawn afresh
+    /// unless the checkpoint has the same classes. Null: from scratch.
+    /// </summary>
+    public string? InitialWeights { get; init; }
+
+    /// <summary>
+    /// Epochs, from the first, during which only the head learns: the rest of the network is frozen (no gradients, batch
+    /// norm in eval mode). All epochs frozen is a linear probe. Default 0.
+    /// </summary>
+    public int FrozenEpochs { get; init; }
+
+    /// <summary>The rest of the network learns at this fraction of the head's learning rate once unfrozen. Default 1.</summary>
+    public double BackboneLearningRateFactor { get; init; } = 1;
+
     /// <summary>Evaluate the validation set after every epoch (per-class AUROC). Default true.</summary>
     public bool ValidateEveryEpoch { get; init; } = true;
 
@@ -60,6 +77,21 @@ public sealed record TrainingOptions
         if (!(LearningRate > 0)) throw new ArgumentException($"Learning rate must be > 0; got {LearningRate}.");
         if (!(WeightDecay >= 0)) throw new ArgumentException($"Weight decay must be >= 0; got {WeightDecay}.");
         if (!(WarmupEpochs >= 0)) throw new ArgumentException($"Warm-up epochs must be >= 0; got {WarmupEpochs}.");
+        if (FrozenEpochs < 0 || FrozenEpochs > Epochs)
+        {
+            throw new ArgumentException($"Frozen epochs must be in [0, epochs ({Epochs})]; got {FrozenEpochs}.");
+        }
+
+        if (FrozenEpochs > 0 && InitialWeights is null)
+        {
+            throw new ArgumentException("Frozen epochs need initial weights: freezing a random network trains only a head on random features.");
+        }
+
+        if (!(BackboneLearningRateFactor >= 0))
+        {
+            throw new ArgumentException($"Backbone learning-rate factor must be >= 0; got {BackboneLearningRateFactor}.");
+        }
+
         if (FinalLearningRateFraction is < 0 or > 1)
         {
             throw new ArgumentException($"Final learning-rate fraction must be in [0, 1]; got {FinalLearningRateFraction}.");

@@ -255,6 +255,8 @@ internal static class ModelInfoFactory
         {
             foreach (int channels in new[] { 1, 3 })
             {
+                // Normalised float32 input of a 1-channel model has exactly one channel.
+                if (dtype == DataType.Float32 && channels > preprocessing.Channels) continue;
                 info.Inputs.Add(new InputSpec { Shape = { channels, size, size }, Dtype = dtype, Format = "tensor, one image" });
                 info.Inputs.Add(new InputSpec { Shape = { -1, channels, size, size }, Dtype = dtype, Format = "tensor, N images" });
             }

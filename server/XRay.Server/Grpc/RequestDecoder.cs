@@ -64,6 +64,12 @@ internal static class RequestDecoder
                 $"tensor.shape {shown} is not accepted; expected [C,{size},{size}] or [N,C,{size},{size}] with N >= 1 and C = 1 or 3.");
         }
         CheckCount(count, maxImages);
+        if (tensor.Dtype == DataType.Float32 && channels != 1 && preprocessor.Spec.Channels == 1)
+        {
+            throw new InvalidRequestException(
+                $"tensor.shape {shown} has {channels} channels; this model takes normalised float32 tensors with C = 1 (gray). " +
+                "Send C = 1, or DATA_TYPE_UINT8 (3 channels are converted to luma).");
+        }
 
         int elementSize = tensor.Dtype switch
         {
