@@ -39,6 +39,37 @@ public class TrainCliTests
     }
 
     [Fact]
+    public async Task ImportOnnx_ThenTrainFromImageNet_WritesAFineTunedGrayCheckpoint()
+    {
+        using var dir = new TempDirectory();
+        var imported = Path.Combine(dir.Path, "imported");
+        var run = Path.Combine(dir.Path, "run");
+        var output = new StringWriter();
+        var error = new StringWriter();
+
+        var code = await TrainApp.RunAsync(["import-onnx", "--gray", "--classes", "a,b", "--out", imported], output, error).WaitAsync(TimeSpan.FromMinutes(3));
+        Assert.True(code == 0, error.ToString());
+        using (var checkpoint = Checkpoint.Load(imported))
+        {
+            Assert.Equal(Architectures.ResNet18CntkGray, checkpoint.Manifest.Architecture);
+            Assert.Equal(1, checkpoint.Manifest.Preprocessing.Channels);
+        }
+
+        code = await TrainApp.RunAsync(
+            ["train", "--synthetic", "24", "--arch", "resnet18_cntk_gray", "--init", "imagenet", "--epochs", "1", "--frozen-epochs", "1",
+             "--batch-size", "8", "--out", run], output, error).WaitAsync(TimeSpan.FromMinutes(3));
+        Assert.True(code == 0, error.ToString());
+        using var trained = Checkpoint.Load(Path.Combine(run, "model"));
+        Assert.Contains("fine-tuned from ResNet18.onnx", trained.Manifest.Description);
+        Assert.Equal(1, (int)trained.Manifest.Training!["options"]!["frozenEpochs"]!);
+        Assert.Equal([0f], trained.Manifest.Preprocessing.Mean);
+
+        code = await TrainApp.RunAsync(["train", "--synthetic", "24", "--arch", "small_cnn", "--init", "imagenet", "--epochs", "1", "--out", run], output, error);
+        Assert.Equal(2, code);
+        Assert.Contains("fit resnet18_cntk", error.ToString());
+    }
+
+    [Fact]
     public async Task CrossValidate_PoolsOutOfFoldPredictionsForEveryImage()
     {
         using var dir = new TempDirectory();

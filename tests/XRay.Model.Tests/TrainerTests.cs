@@ -107,6 +107,65 @@ public class TrainerTests(ITestOutputHelper output)
         Assert.True(double.IsFinite(result.History[0].TrainLoss));
     }
 
+    [Fact]
+    public void FineTune_FrozenEpochs_TrainOnlyTheHead_ThenTheWholeNetwork()
+    {
+        var generator = new SyntheticChestXray(seed: 5);
+        using var train = ImageSet.Synthetic(generator, 0, 32, Small);
+        using var start = new TempDirectory();
+        // The starting checkpoint: a small_cnn trained briefly, with 5 classes.
+        using (var source = new Trainer(new TrainingOptions { Epochs = 1, BatchSize = 16, Seed = 2 }).Train(train, null, Manifest(train.ClassNames)))
+        {
+            Checkpoint.Save(start.Path, source.Model.Manifest, source.Model.Network);
+        }
+
+        // Two of the five classes: the head is new, everything else comes from the checkpoint.
+        var classes = train.ClassNames.Take(2).ToArray();
+        using var subset = ImageSet.FromTensors(train.Planes.clone(), train.Labels.Where((_, i) => i % 5 < 2).ToArray(), classes, train.Names, train.PatientIds);
+        using var initial = Checkpoint.Load(start.Path);
+        var before = State(initial.Network);
+        var probe = new TrainingOptions { Epochs = 2, BatchSize = 16, InitialWeights = start.Path, FrozenEpochs = 2 };
+        using (var probed = new Trainer(probe).Train(subset, null, Manifest(classes)))
+        {
+            var after = State(probed.Model.Network);
+            foreach (var (name, value) in after.Where(kv => !kv.Key.StartsWith("classifier.", StringComparison.Ordinal)))
+            {
+                Assert.True(value.SequenceEqual(before[name]), $"{name} changed while frozen");
+            }
+
+            Assert.Equal([2L, 128], probed.Model.Network.state_dict()["classifier.weight"].shape);
+            Assert.All(probed.Model.Network.parameters(), p => Assert.True(p.requires_grad));
+        }
+
+        // One frozen epoch, then one with everything learning: the backbone moves.
+        using var tuned = new Trainer(probe with { FrozenEpochs = 1, BackboneLearningRateFactor = 0.5 }).Train(subset, null, Manifest(classes));
+        var changed = State(tuned.Model.Network).Where(kv => !kv.Key.StartsWith("classifier.", StringComparison.Ordinal) && !kv.Value.SequenceEqual(before[kv.Key]));
+        Assert.Contains(changed, kv => kv.Key.EndsWith(".weight", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void FineTune_RefusesWeightsThatDoNotFit()
+    {
+        Assert.Throws<ArgumentException>(() => new TrainingOptions { Epochs = 2, FrozenEpochs = 1 }.Validate());
+        Assert.Throws<ArgumentException>(() => new TrainingOptions { Epochs = 2, FrozenEpochs = 3, InitialWeights = "x" }.Validate());
+        var onnx = Assert.Throws<ArgumentException>(() => InitialWeights.Create("ResNet18.onnx", Architectures.SmallCnn, ["a"], null));
+        Assert.Contains("resnet18_cntk", onnx.Message);
+
+        using var dir = new TempDirectory();
+        using (var model = TestModels.Seeded(Architectures.SmallCnn, classes: 2))
+        {
+            Checkpoint.Save(dir.Path, model.Manifest, model.Network);
+        }
+
+        var other = Assert.Throws<ArgumentException>(() => InitialWeights.Create(dir.Path, Architectures.ResNet18, ["a"], null));
+        Assert.Contains("is a small_cnn", other.Message);
+    }
+
+    private static Dictionary<string, float[]> State(TorchSharp.torch.nn.Module network) =>
+        network.state_dict()
+            .Where(kv => kv.Value.dtype == TorchSharp.torch.ScalarType.Float32)
+            .ToDictionary(kv => kv.Key, kv => kv.Value.data<float>().ToArray());
+
     private static ModelManifest Manifest(IReadOnlyList<string> classes) => new()
     {
         Name = "trainer-test",
