@@ -9,7 +9,8 @@ namespace XRay.Model;
 /// A checkpoint is a folder holding <c>manifest.json</c> (a <see cref="ModelManifest"/>) and <c>weights.bin</c>
 /// (TorchSharp's <c>Module.save</c> format: the state dict, parameters and batch-norm buffers, float32).
 /// Both directions check the weights against the manifest's architecture and class count, naming the
-/// first parameter that does not fit.
+/// first parameter that does not fit. With <see cref="ModelManifest.BaseWeights"/> set, <c>weights.bin</c> holds only
+/// the tensors that differ from the base (always the classification head), which keeps a fine-tuned head small.
 /// </summary>
 public static class Checkpoint
 {
@@ -32,12 +33,14 @@ public static class Checkpoint
             throw new ArgumentException($"The network does not fit the manifest: {mismatch}", nameof(network));
         }
 
+        var unchanged = manifest.BaseWeights is null ? [] : TensorsEqualToBase(manifest, network);
+
         Directory.CreateDirectory(directory);
         var weightsPath = Path.Combine(directory, WeightsFileName);
         var manifestPath = Path.Combine(directory, ManifestFileName);
         var weightsTemp = weightsPath + ".tmp";
         var manifestTemp = manifestPath + ".tmp";
-        network.save(weightsTemp);
+        network.save(weightsTemp, skip: unchanged);
         File.WriteAllText(manifestTemp, manifest.ToJson(), Encoding.UTF8);
         File.Move(weightsTemp, weightsPath, overwrite: true);
         File.Move(manifestTemp, manifestPath, overwrite: true);
@@ -82,16 +85,28 @@ public static class Checkpoint
             throw new InvalidDataException($"{weightsPath} is not a TorchSharp state dict: {e.Message}", e);
         }
 
-        var mismatch = Compare(manifest, stored);
+        var mismatch = Compare(manifest, stored, partial: manifest.BaseWeights is not null);
         if (mismatch is not null)
         {
             throw new InvalidDataException($"{weightsPath} does not fit {manifestPath}: {mismatch}");
         }
 
-        var network = Architectures.CreateUninitialised(manifest.Architecture, manifest.ClassNames.Count);
+        using var weights = File.OpenRead(weightsPath);
+        return CreateNetwork(manifest, weights);
+    }
+
+    /// <summary>
+    /// The network of a validated manifest with weights that <see cref="Compare"/> accepted: the base (if any), then
+    /// <paramref name="weights"/> over it. Eval mode, CPU.
+    /// </summary>
+    internal static LoadedModel CreateNetwork(ModelManifest manifest, Stream weights)
+    {
+        var network = manifest.BaseWeights is null
+            ? Architectures.CreateUninitialised(manifest.Architecture, manifest.ClassNames.Count)
+            : CreateBase(manifest);
         try
         {
-            network.load(weightsPath, strict: true);
+            network.load(weights, strict: manifest.BaseWeights is null);
             network.eval();
             return new LoadedModel(manifest, network);
         }
@@ -102,13 +117,50 @@ public static class Checkpoint
         }
     }
 
+    private static nn.Module<Tensor, Tensor> CreateBase(ModelManifest manifest)
+    {
+        var directory = Onnx.CntkResNetImporter.BundledDirectory;
+        try
+        {
+            return Onnx.CntkResNetImporter.Create(
+                Path.Combine(directory, Onnx.CntkResNetImporter.BackboneFileName),
+                Path.Combine(directory, Onnx.CntkResNetImporter.MeanImageFileName),
+                gray: manifest.Architecture == Architectures.ResNet18CntkGray,
+                manifest.ClassNames.Count);
+        }
+        catch (Onnx.OnnxImportException e)
+        {
+            throw new InvalidDataException(
+                $"Model '{manifest.Name}' is stored relative to the base weights '{manifest.BaseWeights}', which could not be read " +
+                $"(the build copies them from the Microsoft.ML.DnnImageFeaturizer.ResNet18 package): {e.Message}", e);
+        }
+    }
+
+    /// <summary>Names of the tensors of <paramref name="network"/> that are bit-for-bit those of the manifest's base; never the head.</summary>
+    private static List<string> TensorsEqualToBase(ModelManifest manifest, nn.Module network)
+    {
+        using var baseNetwork = CreateBase(manifest);
+        var head = Architectures.HeadPrefix(manifest.Architecture);
+        var reference = baseNetwork.state_dict();
+        using var noGrad = no_grad();
+        return network.state_dict()
+            .Where(kv => !kv.Key.StartsWith(head, StringComparison.Ordinal)
+                && reference.TryGetValue(kv.Key, out var b) && b.dtype == kv.Value.dtype && b.shape.SequenceEqual(kv.Value.shape)
+                && b.allclose(kv.Value.cpu(), rtol: 0, atol: 0))
+            .Select(kv => kv.Key)
+            .ToList();
+    }
+
     internal readonly record struct TensorInfo(ScalarType DType, long[] Shape)
     {
         public override string ToString() => $"{DType}[{string.Join(", ", Shape)}]";
     }
 
-    /// <summary>Null when <paramref name="actual"/> is exactly the state of the manifest's architecture; otherwise the first difference.</summary>
-    private static string? Compare(ModelManifest manifest, IReadOnlyDictionary<string, TensorInfo> actual)
+    /// <summary>
+    /// Null when <paramref name="actual"/> is exactly the state of the manifest's architecture (or, when
+    /// <paramref name="partial"/>, a part of it that includes the head); otherwise the first difference.
+    /// </summary>
+    internal static string? Compare(ModelManifest manifest, IReadOnlyDictionary<string, TensorInfo> actual, bool partial = false)
     {
         var numClasses = manifest.ClassNames.Count;
         Dictionary<string, TensorInfo> expected;
@@ -122,6 +174,11 @@ public static class Checkpoint
         {
             if (!actual.TryGetValue(name, out var got))
             {
+                if (partial && !name.StartsWith(Architectures.HeadPrefix(manifest.Architecture), StringComparison.Ordinal))
+                {
+                    continue;
+                }
+
                 return $"{what} has parameter '{name}' {info}, which the weights lack.";
             }
 

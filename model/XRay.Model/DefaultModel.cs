@@ -28,19 +28,8 @@ public static class DefaultModel
             manifest = ModelManifest.FromJson(reader.ReadToEnd());
         }
 
-        var network = Architectures.CreateUninitialised(manifest.Architecture, manifest.ClassNames.Count);
-        try
-        {
-            using var weights = Open(assembly, WeightsResource);
-            network.load(weights, strict: true);
-            network.eval();
-            return new LoadedModel(manifest, network);
-        }
-        catch
-        {
-            network.Dispose();
-            throw;
-        }
+        using var weights = Open(assembly, WeightsResource);
+        return Checkpoint.CreateNetwork(manifest, weights);
     }
 
     private static Stream Open(Assembly assembly, string name) =>

@@ -32,6 +32,16 @@ public sealed record ModelManifest
 
     public PreprocessingSpec Preprocessing { get; init; } = new();
 
+    /// <summary>
+    /// Null: <c>weights.bin</c> holds every tensor. <see cref="BaseWeightsImageNetCntk"/>: it holds only the tensors that
+    /// differ from CNTK's ImageNet ResNet-18 (imported from the ONNX file the build copies beside the program); the rest
+    /// are taken from there. Only for <see cref="Architectures.ResNet18Cntk"/> and <see cref="Architectures.ResNet18CntkGray"/>.
+    /// </summary>
+    public string? BaseWeights { get; init; }
+
+    /// <summary>The one base <see cref="BaseWeights"/> can name.</summary>
+    public const string BaseWeightsImageNetCntk = "resnet18-imagenet-cntk";
+
     /// <summary>What the model was trained on and what it is (not) for.</summary>
     public string Description { get; init; } = "";
 
@@ -118,6 +128,13 @@ public sealed record ModelManifest
         }
 
         Preprocessing.Validate();
+        if (BaseWeights is not null && (BaseWeights != BaseWeightsImageNetCntk || Architecture is not (Architectures.ResNet18Cntk or Architectures.ResNet18CntkGray)))
+        {
+            throw new ArgumentException(
+                $"Manifest '{Name}': baseWeights '{BaseWeights}' is not supported for '{Architecture}'; the only base is " +
+                $"'{BaseWeightsImageNetCntk}', for {Architectures.ResNet18Cntk} and {Architectures.ResNet18CntkGray}.");
+        }
+
         var channels = Architectures.InputChannels(Architecture);
         if (Preprocessing.Channels != channels)
         {

@@ -109,6 +109,54 @@ public sealed class OnnxImportTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void BaseWeightsCheckpoint_StoresOnlyWhatDiffersFromImageNet_AndLoadsIdentically()
+    {
+        var directory = Directory.CreateTempSubdirectory("xray-base-").FullName;
+        try
+        {
+            using var network = CntkResNetImporter.Create(Backbone, MeanImage, gray: true, numClasses: 3, new Generator(1));
+            var manifest = TestModels.Manifest(Architectures.ResNet18CntkGray, classes: 3) with
+            {
+                Preprocessing = Architectures.DefaultPreprocessing(Architectures.ResNet18CntkGray),
+                BaseWeights = ModelManifest.BaseWeightsImageNetCntk,
+            };
+            var headOnly = Path.Combine(directory, "head-only");
+            Checkpoint.Save(headOnly, manifest, network);
+            var stored = Checkpoint.ReadWeightsHeader(Path.Combine(headOnly, Checkpoint.WeightsFileName));
+            Assert.Equal(["fc.bias", "fc.weight"], stored.Keys.Order());
+            Assert.True(new FileInfo(Path.Combine(headOnly, Checkpoint.WeightsFileName)).Length < 10_000);
+
+            // A tensor that moved away from the base is stored as well, and the loaded network is the saved one.
+            using (no_grad())
+            {
+                network.state_dict()["layer4.2.bn2.bias"].add_(0.5);
+            }
+
+            var tuned = Path.Combine(directory, "tuned");
+            Checkpoint.Save(tuned, manifest, network);
+            Assert.Equal(["fc.bias", "fc.weight", "layer4.2.bn2.bias"], Checkpoint.ReadWeightsHeader(Path.Combine(tuned, Checkpoint.WeightsFileName)).Keys.Order());
+            using var loaded = Checkpoint.Load(tuned);
+            using var noGrad = no_grad();
+            using var input = rand([2, 1, Size, Size], generator: new Generator(2)) * 255;
+            using var expected = network.call(input);
+            using var actual = loaded.Network.call(input);
+            Assert.Equal(expected.data<float>().ToArray(), actual.data<float>().ToArray());
+
+            // The head must be in the file: without it the logits would be random.
+            network.save(Path.Combine(tuned, Checkpoint.WeightsFileName), skip: ["fc.weight", "fc.bias"]);
+            var headless = Assert.Throws<InvalidDataException>(() => Checkpoint.Load(tuned));
+            Assert.Contains("fc.", headless.Message);
+
+            var invalid = Assert.Throws<ArgumentException>(() => (manifest with { Architecture = Architectures.SmallCnn, Preprocessing = new PreprocessingSpec() }).Validate());
+            Assert.Contains("baseWeights", invalid.Message);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [Fact]
     public void Import_RefusesFilesThatAreNotTheExpectedGraphs_NamingWhy()
     {
         var missing = Assert.Throws<OnnxImportException>(() => CntkResNetImporter.Create("/nonexistent/ResNet18.onnx", MeanImage, false, 2));
