@@ -124,7 +124,11 @@ internal static class BenchmarkCommand
         var network = Architectures.Create(arch, 14);
         network.eval();
         return new LoadedModel(
-            new ModelManifest { Name = $"bench-{arch}", Version = "0", Architecture = arch, ClassNames = ChestXrayFindings.Nih14 },
+            new ModelManifest
+            {
+                Name = $"bench-{arch}", Version = "0", Architecture = arch, ClassNames = ChestXrayFindings.Nih14,
+                Preprocessing = Architectures.DefaultPreprocessing(arch),
+            },
             network);
     }
 

@@ -165,11 +165,12 @@ internal sealed class TrainingOptionSet
     };
     private readonly Option<int> _frozenEpochs = new("--frozen-epochs") { Description = "First epochs training only the head (backbone frozen, batch norm fixed); = --epochs is a linear probe.", DefaultValueFactory = _ => 0 };
     private readonly Option<double> _backboneLrFactor = new("--backbone-lr-factor") { Description = "Backbone learning rate as a fraction of the head's once unfrozen.", DefaultValueFactory = _ => 1.0 };
+    private readonly Option<bool> _freezeBn = new("--freeze-bn-stats") { Description = "Keep batch-norm running statistics fixed in every epoch (fine-tuning on small batches)." };
     private readonly Option<int> _threads = new("--threads") { Description = "libtorch threads (0: libtorch's default, one per core).", DefaultValueFactory = _ => 0 };
 
     public void AddTo(Command command)
     {
-        foreach (var option in new Option[] { _arch, _epochs, _batch, _lr, _weightDecay, _warmup, _seed, _posWeight, _noAugment, _hflip, _imageSize, _resize, _init, _frozenEpochs, _backboneLrFactor, _threads })
+        foreach (var option in new Option[] { _arch, _epochs, _batch, _lr, _weightDecay, _warmup, _seed, _posWeight, _noAugment, _hflip, _imageSize, _resize, _init, _frozenEpochs, _backboneLrFactor, _freezeBn, _threads })
         {
             command.Options.Add(option);
         }
@@ -202,6 +203,7 @@ internal sealed class TrainingOptionSet
             },
             FrozenEpochs = result.GetValue(_frozenEpochs),
             BackboneLearningRateFactor = result.GetValue(_backboneLrFactor),
+            FreezeBatchNormStatistics = result.GetValue(_freezeBn),
         };
         options.Validate();
         var size = result.GetValue(_imageSize);

@@ -141,6 +141,13 @@ public class TrainerTests(ITestOutputHelper output)
         using var tuned = new Trainer(probe with { FrozenEpochs = 1, BackboneLearningRateFactor = 0.5 }).Train(subset, null, Manifest(classes));
         var changed = State(tuned.Model.Network).Where(kv => !kv.Key.StartsWith("classifier.", StringComparison.Ordinal) && !kv.Value.SequenceEqual(before[kv.Key]));
         Assert.Contains(changed, kv => kv.Key.EndsWith(".weight", StringComparison.Ordinal));
+        Assert.Contains(changed, kv => kv.Key.EndsWith(".running_mean", StringComparison.Ordinal));
+
+        // Unfrozen with batch-norm statistics kept: weights move, running statistics do not.
+        using var fixedStats = new Trainer(probe with { FrozenEpochs = 0, FreezeBatchNormStatistics = true }).Train(subset, null, Manifest(classes));
+        var state = State(fixedStats.Model.Network);
+        Assert.All(state.Where(kv => kv.Key.Contains(".running_", StringComparison.Ordinal)), kv => Assert.Equal(before[kv.Key], kv.Value));
+        Assert.Contains(state, kv => kv.Key.StartsWith("features.conv", StringComparison.Ordinal) && !kv.Value.SequenceEqual(before[kv.Key]));
     }
 
     [Fact]

@@ -249,6 +249,13 @@ public sealed class Trainer
         else
         {
             network.train();
+            if (_options.FreezeBatchNormStatistics)
+            {
+                foreach (var module in network.modules().OfType<BatchNorm2d>())
+                {
+                    module.eval();
+                }
+            }
         }
 
         // One generator per epoch, from (seed, epoch) alone: a resumed run shuffles and augments exactly as an uninterrupted one.

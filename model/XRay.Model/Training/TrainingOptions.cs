@@ -61,6 +61,13 @@ public sealed record TrainingOptions
     /// <summary>The rest of the network learns at this fraction of the head's learning rate once unfrozen. Default 1.</summary>
     public double BackboneLearningRateFactor { get; init; } = 1;
 
+    /// <summary>
+    /// Keep batch-norm running statistics as they are (layers in eval mode) in every epoch, not only frozen ones; their
+    /// scale and shift still learn. For fine-tuning on small batches, whose statistics are noisier than the pretrained
+    /// ones. Default false.
+    /// </summary>
+    public bool FreezeBatchNormStatistics { get; init; }
+
     /// <summary>Evaluate the validation set after every epoch (per-class AUROC). Default true.</summary>
     public bool ValidateEveryEpoch { get; init; } = true;
 
