@@ -60,7 +60,7 @@ public static class LoadTestApp
     private static Command BenchCommand(string[] args, TextWriter output, TextWriter error, bool interactive)
     {
         var model = new Option<string?>("--model") { Description = "Checkpoint folder (default: the server's built-in default model)." };
-        var architecture = new Option<string?>("--architecture") { Description = "Benchmark an untrained network of this architecture (small_cnn, resnet18, resnet50, densenet121) instead of a checkpoint." };
+        var architecture = new Option<string?>("--architecture") { Description = $"Benchmark an untrained network of this architecture ({string.Join(", ", Architectures.Names)}) instead of a checkpoint." };
         var device = new Option<string>("--device") { Description = "auto, cpu or cuda, for the raw run and the servers.", DefaultValueFactory = _ => "auto" };
         var precision = new Option<string>("--precision") { Description = "fp32 or bf16.", DefaultValueFactory = _ => "fp32" };
         var rawSizes = new Option<string>("--raw-batch-sizes") { Description = "Raw batch sizes to measure.", DefaultValueFactory = _ => "1,2,4,8,16,32" };

@@ -154,7 +154,8 @@ public sealed class EndToEndTests
             using JsonDocument report = JsonDocument.Parse(File.ReadAllText(Path.Combine(directory, "report.json")));
             Assert.Equal("run", report.RootElement.GetProperty("kind").GetString());
             Assert.Equal(12, report.RootElement.GetProperty("runs")[0].GetProperty("requests").GetProperty("ok").GetInt64());
-            Assert.Equal("small_cnn", report.RootElement.GetProperty("model").GetProperty("architecture").GetString());
+            var served = await server.Stub.GetModelInfoAsync(new XRay.Contracts.V1.GetModelInfoRequest()).ResponseAsync.WaitAsync(Bound);
+            Assert.Equal(served.Architecture, report.RootElement.GetProperty("model").GetProperty("architecture").GetString());
             Assert.Contains("| c=3 |", output.ToString());
             Assert.True(File.Exists(Path.Combine(directory, "report.md")));
             Assert.True(new FileInfo(Path.Combine(directory, "latency.png")).Length > 1000);

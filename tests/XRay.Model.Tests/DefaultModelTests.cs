@@ -7,7 +7,7 @@ public class DefaultModelTests
     {
         using var first = DefaultModel.Create();
         using var second = DefaultModel.Create();
-        var input = TestModels.Input(2, seed: 11);
+        var input = TestModels.Input(2, seed: 11, channels: first.Manifest.Preprocessing.Channels);
 
         var a = TestModels.DirectForward(first.Network, input, 2);
         var b = TestModels.DirectForward(second.Network, input, 2);
@@ -17,13 +17,15 @@ public class DefaultModelTests
     }
 
     [Fact]
-    public void Create_DescribesATrainedNih14SmallCnn_NotForClinicalUse()
+    public void Create_DescribesAnImageNetProbeOnNih14_NotForClinicalUse()
     {
         using var model = DefaultModel.Create();
 
         Assert.Equal(DefaultModel.Name, model.Manifest.Name);
         Assert.Equal(DefaultModel.Version, model.Manifest.Version);
-        Assert.Equal("small_cnn", model.Manifest.Architecture);
+        Assert.Equal(Architectures.ResNet18CntkGray, model.Manifest.Architecture);
+        Assert.Equal(ModelManifest.BaseWeightsImageNetCntk, model.Manifest.BaseWeights);
+        Assert.Equal(10, (int)model.Manifest.Training!["options"]!["frozenEpochs"]!);
         Assert.Equal(ChestXrayFindings.Nih14, model.Manifest.ClassNames);
         Assert.Contains("not for clinical use", model.Manifest.Description, StringComparison.OrdinalIgnoreCase);
         Assert.Contains("NIH ChestX-ray14", model.Manifest.Description);
@@ -35,6 +37,23 @@ public class DefaultModelTests
     }
 
     [Fact]
+    public void Create_BackboneIsExactlyTheImportedImageNetNetwork_OnlyTheHeadWasTrained()
+    {
+        using var model = DefaultModel.Create();
+        var directory = XRay.Model.Onnx.CntkResNetImporter.BundledDirectory;
+        using var imported = XRay.Model.Onnx.CntkResNetImporter.Create(
+            Path.Combine(directory, XRay.Model.Onnx.CntkResNetImporter.BackboneFileName),
+            Path.Combine(directory, XRay.Model.Onnx.CntkResNetImporter.MeanImageFileName),
+            gray: true, numClasses: 14);
+        var reference = imported.state_dict();
+        foreach (var (name, value) in model.Network.state_dict())
+        {
+            var same = value.allclose(reference[name], rtol: 0, atol: 0);
+            Assert.True(name.StartsWith("fc.", StringComparison.Ordinal) ? !same : same, name);
+        }
+    }
+
+    [Fact]
     public void Create_MatchesTheCheckpointFolderInTheRepository()
     {
         // The embedded resources are DefaultCheckpoint/ as committed: Checkpoint.Load of the folder gives the same model.
@@ -42,7 +61,7 @@ public class DefaultModelTests
         Assert.NotNull(folder);
         using var embedded = DefaultModel.Create();
         using var loaded = Checkpoint.Load(folder);
-        var input = TestModels.Input(2, seed: 4);
+        var input = TestModels.Input(2, seed: 4, channels: loaded.Manifest.Preprocessing.Channels);
 
         Assert.Equal(loaded.Manifest.ToJson(), embedded.Manifest.ToJson());
         Assert.Equal(TestModels.DirectForward(loaded.Network, input, 2), TestModels.DirectForward(embedded.Network, input, 2));

@@ -39,10 +39,10 @@ internal static class TestModels
     }
 
     /// <summary>Deterministic input in roughly the normalised range.</summary>
-    public static float[] Input(int batch, int seed, int crop = 224)
+    public static float[] Input(int batch, int seed, int crop = 224, int channels = 3)
     {
         var random = new Random(seed);
-        return Enumerable.Range(0, batch * 3 * crop * crop).Select(_ => (float)(random.NextDouble() * 4 - 2)).ToArray();
+        return Enumerable.Range(0, batch * channels * crop * crop).Select(_ => (float)(random.NextDouble() * 4 - 2)).ToArray();
     }
 
     /// <summary>Forward on the calling thread under no_grad: the reference the runner must match.</summary>
@@ -50,7 +50,8 @@ internal static class TestModels
     {
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        var logits = network.call(tensor(input, [batch, 3, crop, crop])).contiguous();
+        var channels = input.Length / (batch * crop * crop);
+        var logits = network.call(tensor(input, [batch, channels, crop, crop])).contiguous();
         return MemoryMarshal.Cast<byte, float>(logits.bytes).ToArray();
     }
 

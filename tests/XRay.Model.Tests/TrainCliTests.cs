@@ -63,6 +63,9 @@ public class TrainCliTests
         Assert.Contains("fine-tuned from ResNet18.onnx", trained.Manifest.Description);
         Assert.Equal(1, (int)trained.Manifest.Training!["options"]!["frozenEpochs"]!);
         Assert.Equal([0f], trained.Manifest.Preprocessing.Mean);
+        // A linear probe of the bundled ImageNet weights stores only its head.
+        Assert.Equal(ModelManifest.BaseWeightsImageNetCntk, trained.Manifest.BaseWeights);
+        Assert.Equal(["fc.bias", "fc.weight"], Checkpoint.ReadWeightsHeader(Path.Combine(run, "model", Checkpoint.WeightsFileName)).Keys.Order());
 
         code = await TrainApp.RunAsync(["train", "--synthetic", "24", "--arch", "small_cnn", "--init", "imagenet", "--epochs", "1", "--out", run], output, error);
         Assert.Equal(2, code);
@@ -113,7 +116,7 @@ public class TrainCliTests
 
         using var original = DefaultModel.Create();
         using var roundTripped = Checkpoint.Load(imported);
-        var input = TestModels.Input(1, seed: 8);
+        var input = TestModels.Input(1, seed: 8, channels: original.Manifest.Preprocessing.Channels);
         Assert.Equal(TestModels.DirectForward(original.Network, input, 1), TestModels.DirectForward(roundTripped.Network, input, 1));
     }
 }

@@ -22,9 +22,10 @@ test("getModelInfo describes the served model", limits, async () => {
 });
 
 test("classifyFloat32 returns one prediction whose probabilities are the sigmoid of its logits", limits, async () => {
-  const image = new Float32Array(3 * side * side).map((_, i) => Math.sin(i / 1000));
+  // One channel: every model takes it (a 3-channel model replicates it; a gray model takes only one).
+  const image = new Float32Array(side * side).map((_, i) => Math.sin(i / 1000));
 
-  const response = await client.classifyFloat32(image, [3, side, side]);
+  const response = await client.classifyFloat32(image, [1, side, side]);
 
   assert.equal(response.predictions.length, 1);
   const [prediction] = response.predictions;

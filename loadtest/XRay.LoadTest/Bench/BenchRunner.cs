@@ -103,6 +103,7 @@ public sealed class BenchRunner(BenchOptions benchOptions, IRunPresenter present
             Version = "0.0.0",
             Architecture = architecture,
             ClassNames = ChestXrayFindings.Nih14,
+            Preprocessing = Architectures.DefaultPreprocessing(architecture),
             Description = "UNTRAINED: random weights, for benchmarking speed only.",
         };
         using var network = Architectures.Create(architecture, manifest.ClassNames.Count);
