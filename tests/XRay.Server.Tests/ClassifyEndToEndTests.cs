@@ -32,18 +32,7 @@ public sealed class ClassifyEndToEndTests : IAsyncLifetime
     private async Task<float[]> ReferenceLogitsAsync(float[] normalisedImage) =>
         await _reference.RunAsync(normalisedImage, 1).WaitAsync(TestServer.Timeout);
 
-    private static void AssertMatches(float[] expectedLogits, Prediction prediction)
-    {
-        Assert.Equal(expectedLogits.Length, prediction.Logits.Count);
-        for (int c = 0; c < expectedLogits.Length; c++)
-        {
-            // Batches of other sizes may take other oneDNN kernels: equal up to float rounding, relative to the logit.
-            float tolerance = 1e-5f * Math.Max(1f, Math.Abs(expectedLogits[c]));
-            Assert.InRange(prediction.Logits[c], expectedLogits[c] - tolerance, expectedLogits[c] + tolerance);
-            float sigmoid = 1f / (1f + MathF.Exp(-prediction.Logits[c]));
-            Assert.InRange(prediction.Probabilities[c], sigmoid - 1e-6f, sigmoid + 1e-6f);
-        }
-    }
+    private static void AssertMatches(float[] expectedLogits, Prediction prediction) => Predictions.AssertMatches(expectedLogits, prediction);
 
     [Fact]
     public async Task Classify_Uint8Grayscale_MatchesInProcessModel()

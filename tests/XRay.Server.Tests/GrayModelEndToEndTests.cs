@@ -47,16 +47,8 @@ public sealed class GrayModelEndToEndTests : IAsyncLifetime
         Directory.Delete(_directory, recursive: true);
     }
 
-    private async Task AssertServedAsExpected(float[] preprocessed, Prediction prediction)
-    {
-        var expected = await _reference.RunAsync(preprocessed, 1).WaitAsync(TestServer.Timeout);
-        Assert.Equal(expected.Length, prediction.Logits.Count);
-        for (int c = 0; c < expected.Length; c++)
-        {
-            float tolerance = 1e-4f * Math.Max(1f, Math.Abs(expected[c]));
-            Assert.InRange(prediction.Logits[c], expected[c] - tolerance, expected[c] + tolerance);
-        }
-    }
+    private async Task AssertServedAsExpected(float[] preprocessed, Prediction prediction) =>
+        Predictions.AssertMatches(await _reference.RunAsync(preprocessed, 1).WaitAsync(TestServer.Timeout), prediction, relativeTolerance: 1e-4f);
 
     [Fact]
     public async Task Uint8GrayAndColourTensors_AndPng_AreServedThroughTheOneChannelPreprocessing()
