@@ -82,7 +82,7 @@ public sealed class ImagePreprocessor
             float mean0 = _mean[0], std0 = _std[0];
             for (var i = 0; i < _planeLength; i++)
             {
-                destination[i] = ((0.299f * r[i] + 0.587f * g[i] + 0.114f * b[i]) / 255f - mean0) / std0;
+                destination[i] = (Luma(r[i], g[i], b[i]) - mean0) / std0;
             }
 
             return;
@@ -255,7 +255,12 @@ public sealed class ImagePreprocessor
         }
     }
 
-    /// <summary>BT.601 luma (299, 587, 114 per mille), the weights of Pillow's RGB to L; exact when R = G = B.</summary>
+    /// <summary>
+    /// BT.601 luma in [0, 1] (299, 587, 114 per mille), the weights of Pillow's RGB to L. Integer weights keep 1000 * v
+    /// exact, so R = G = B = v gives exactly v / 255.
+    /// </summary>
+    private static float Luma(byte r, byte g, byte b) => (299f * r + 587f * g + 114f * b) / 255000f;
+
     private static void LumaRow(ReadOnlySpan<byte> row, SKColorType colorType, Span<float> target)
     {
         switch (colorType)
@@ -271,8 +276,7 @@ public sealed class ImagePreprocessor
                 for (var x = 0; x < target.Length; x++)
                 {
                     var p = row.Slice(x * 4, 3);
-                    // Integer weights keep 1000 * v exact, so R = G = B = v gives exactly v / 255.
-                    target[x] = (299f * p[0] + 587f * p[1] + 114f * p[2]) / 255000f;
+                    target[x] = Luma(p[0], p[1], p[2]);
                 }
 
                 break;
