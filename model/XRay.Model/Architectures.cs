@@ -39,9 +39,9 @@ public static class Architectures
         {
             CropSize = cropSize,
             ResizeSize = resizeSize ?? cropSize,
-            Mean = architecture == ResNet18CntkGray ? [0f] : [0f, 0f, 0f],
-            Std = architecture == ResNet18CntkGray ? [1f / 255] : [1f / 255, 1f / 255, 1f / 255],
-            Color = architecture == ResNet18CntkGray ? PreprocessingSpec.Grayscale : PreprocessingSpec.GrayscaleReplicated,
+            Mean = new float[InputChannels(architecture)],
+            Std = Enumerable.Repeat(1f / 255, InputChannels(architecture)).ToArray(),
+            Color = InputChannels(architecture) == 1 ? PreprocessingSpec.Grayscale : PreprocessingSpec.GrayscaleReplicated,
         },
         _ => new PreprocessingSpec { CropSize = cropSize, ResizeSize = resizeSize ?? cropSize },
     };

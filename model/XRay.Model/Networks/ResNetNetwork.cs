@@ -108,8 +108,6 @@ internal sealed class ResNetNetwork : Module<Tensor, Tensor>
     public static ResNetNetwork ResNet18Cntk(int numClasses, bool gray) =>
         new("ResNet18Cntk", bottleneck: false, [2, 2, 2, 3], numClasses, gray ? ResNetStem.GrayMeanImage : ResNetStem.MeanImage);
 
-    public ResNetStem Stem => _stem;
-
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
