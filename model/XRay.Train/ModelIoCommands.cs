@@ -51,7 +51,7 @@ internal static class ModelIoCommands
         var backbone = new Option<string>("--onnx")
         {
             Description = "CNTK's ImageNet ResNet18.onnx (default: the copy from the Microsoft.ML.DnnImageFeaturizer.ResNet18 package beside this tool).",
-            DefaultValueFactory = _ => Path.Combine(CntkResNetImporter.BundledDirectory, CntkResNetImporter.BackboneFileName),
+            DefaultValueFactory = _ => CntkResNetImporter.BundledBackbone,
         };
         var meanImage = new Option<string?>("--mean-image-onnx") { Description = "ResNetPreprocess.onnx (default: beside --onnx)." };
         var gray = new Option<bool>("--gray") { Description = "Gray stem: conv1 summed over R, G, B; 1-channel input (resnet18_cntk_gray)." };
@@ -81,7 +81,7 @@ internal static class ModelIoCommands
             using var generator = new TorchSharp.torch.Generator((ulong)result.GetValue(seed));
             using var network = CntkResNetImporter.Create(
                 onnx,
-                result.GetValue(meanImage) ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(onnx))!, CntkResNetImporter.MeanImageFileName),
+                result.GetValue(meanImage) ?? CntkResNetImporter.MeanImageBeside(onnx),
                 result.GetValue(gray),
                 manifest.ClassNames.Count,
                 generator);

@@ -73,7 +73,7 @@ internal static class TrainCommand
             ClassNames = classes,
             Preprocessing = spec,
             // From the bundled ImageNet file, the checkpoint stores only what training changed (a probe: just the head).
-            BaseWeights = options.InitialWeights == TrainingOptionSet.BundledImageNet ? ModelManifest.BaseWeightsImageNetCntk : null,
+            BaseWeights = options.InitialWeights == XRay.Model.Onnx.CntkResNetImporter.BundledBackbone ? ModelManifest.BaseWeightsImageNetCntk : null,
             Description = WithDisclaimer(description ??
                 $"{options.Architecture} {(options.InitialWeights is null ? "trained from scratch" : $"fine-tuned from {Path.GetFileName(options.InitialWeights.TrimEnd('/'))}")} by xray-train on {dataDescription} " +
                 $"({sets.Train.Count} training images, patient-level split)."),
@@ -170,10 +170,6 @@ internal sealed class TrainingOptionSet
     private readonly Option<bool> _freezeBn = new("--freeze-bn-stats") { Description = "Keep batch-norm running statistics fixed in every epoch (fine-tuning on small batches)." };
     private readonly Option<int> _threads = new("--threads") { Description = "libtorch threads (0: libtorch's default, one per core).", DefaultValueFactory = _ => 0 };
 
-    /// <summary>What <c>--init imagenet</c> means: the ResNet18.onnx the build copied beside this tool.</summary>
-    public static string BundledImageNet { get; } =
-        Path.Combine(XRay.Model.Onnx.CntkResNetImporter.BundledDirectory, XRay.Model.Onnx.CntkResNetImporter.BackboneFileName);
-
     public void AddTo(Command command)
     {
         foreach (var option in new Option[] { _arch, _epochs, _batch, _lr, _weightDecay, _warmup, _seed, _posWeight, _noAugment, _hflip, _imageSize, _resize, _init, _frozenEpochs, _backboneLrFactor, _freezeBn, _threads })
@@ -204,7 +200,8 @@ internal sealed class TrainingOptionSet
             InitialWeights = result.GetValue(_init) switch
             {
                 null or "" => null,
-                "imagenet" => BundledImageNet,
+                // The ResNet18.onnx the build copied beside this tool.
+                "imagenet" => XRay.Model.Onnx.CntkResNetImporter.BundledBackbone,
                 var path => Path.GetFullPath(path),
             },
             FrozenEpochs = result.GetValue(_frozenEpochs),

@@ -40,10 +40,10 @@ public class DefaultModelTests
     public void Create_BackboneIsExactlyTheImportedImageNetNetwork_OnlyTheHeadWasTrained()
     {
         using var model = DefaultModel.Create();
-        var directory = XRay.Model.Onnx.CntkResNetImporter.BundledDirectory;
+        var backbone = XRay.Model.Onnx.CntkResNetImporter.BundledBackbone;
         using var imported = XRay.Model.Onnx.CntkResNetImporter.Create(
-            Path.Combine(directory, XRay.Model.Onnx.CntkResNetImporter.BackboneFileName),
-            Path.Combine(directory, XRay.Model.Onnx.CntkResNetImporter.MeanImageFileName),
+            backbone,
+            XRay.Model.Onnx.CntkResNetImporter.MeanImageBeside(backbone),
             gray: true, numClasses: 14);
         var reference = imported.state_dict();
         foreach (var (name, value) in model.Network.state_dict())

@@ -15,8 +15,8 @@ namespace XRay.Model.Tests;
 /// </summary>
 public sealed class OnnxImportTests(ITestOutputHelper output)
 {
-    private static readonly string Backbone = Path.Combine(CntkResNetImporter.BundledDirectory, CntkResNetImporter.BackboneFileName);
-    private static readonly string MeanImage = Path.Combine(CntkResNetImporter.BundledDirectory, CntkResNetImporter.MeanImageFileName);
+    private static readonly string Backbone = CntkResNetImporter.BundledBackbone;
+    private static readonly string MeanImage = CntkResNetImporter.MeanImageBeside(Backbone);
     private const int Size = 224;
 
     [Fact]

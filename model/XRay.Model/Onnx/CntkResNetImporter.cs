@@ -25,6 +25,13 @@ public static class CntkResNetImporter
     /// <summary>Where the build puts both files beside the tools and tests that use them.</summary>
     public static string BundledDirectory => System.IO.Path.Combine(AppContext.BaseDirectory, "pretrained", "resnet18-imagenet-cntk");
 
+    /// <summary>The bundled ResNet18.onnx (with its ResNetPreprocess.onnx beside it).</summary>
+    public static string BundledBackbone => System.IO.Path.Combine(BundledDirectory, BackboneFileName);
+
+    /// <summary>The ResNetPreprocess.onnx in the folder of <paramref name="backbonePath"/>, where the package and the build put it.</summary>
+    public static string MeanImageBeside(string backbonePath) =>
+        System.IO.Path.Combine(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(backbonePath))!, MeanImageFileName);
+
     /// <summary>
     /// Creates the network with the ImageNet weights; the <c>fc</c> head (<paramref name="numClasses"/> outputs) is
     /// freshly initialised from <paramref name="generator"/>. The network is in eval mode on the CPU.

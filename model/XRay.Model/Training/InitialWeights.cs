@@ -27,8 +27,7 @@ public static class InitialWeights
                     $"ONNX weights ({path}) fit {Architectures.ResNet18Cntk} or {Architectures.ResNet18CntkGray}, not '{architecture}'.");
             }
 
-            var meanImage = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, CntkResNetImporter.MeanImageFileName);
-            var imported = CntkResNetImporter.Create(path, meanImage, architecture == Architectures.ResNet18CntkGray, classNames.Count, generator);
+            var imported = CntkResNetImporter.Create(path, CntkResNetImporter.MeanImageBeside(path), architecture == Architectures.ResNet18CntkGray, classNames.Count, generator);
             imported.train();
             return imported;
         }
