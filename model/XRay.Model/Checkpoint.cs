@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Text;
 using System.Text.Json;
 using TorchSharp;
@@ -119,12 +120,12 @@ public static class Checkpoint
 
     private static nn.Module<Tensor, Tensor> CreateBase(ModelManifest manifest)
     {
-        var directory = Onnx.CntkResNetImporter.BundledDirectory;
+        var backbone = Onnx.CntkResNetImporter.BundledBackbone;
         try
         {
             return Onnx.CntkResNetImporter.Create(
-                Path.Combine(directory, Onnx.CntkResNetImporter.BackboneFileName),
-                Path.Combine(directory, Onnx.CntkResNetImporter.MeanImageFileName),
+                backbone,
+                Onnx.CntkResNetImporter.MeanImageBeside(backbone),
                 gray: manifest.Architecture == Architectures.ResNet18CntkGray,
                 manifest.ClassNames.Count);
         }
@@ -139,16 +140,29 @@ public static class Checkpoint
     /// <summary>Names of the tensors of <paramref name="network"/> that are bit-for-bit those of the manifest's base; never the head.</summary>
     private static List<string> TensorsEqualToBase(ModelManifest manifest, nn.Module network)
     {
-        using var baseNetwork = CreateBase(manifest);
-        var head = Architectures.HeadPrefix(manifest.Architecture);
-        var reference = baseNetwork.state_dict();
+        var reference = BaseStates.GetOrAdd(manifest.Architecture, _ => new Lazy<Dictionary<string, Tensor>>(() => BaseState(manifest))).Value;
         using var noGrad = no_grad();
         return network.state_dict()
-            .Where(kv => !kv.Key.StartsWith(head, StringComparison.Ordinal)
-                && reference.TryGetValue(kv.Key, out var b) && b.dtype == kv.Value.dtype && b.shape.SequenceEqual(kv.Value.shape)
+            .Where(kv => reference.TryGetValue(kv.Key, out var b) && b.dtype == kv.Value.dtype && b.shape.SequenceEqual(kv.Value.shape)
                 && b.allclose(kv.Value.cpu(), rtol: 0, atol: 0))
             .Select(kv => kv.Key)
             .ToList();
+    }
+
+    /// <summary>
+    /// The base's tensors without the head, per architecture: importing the ONNX file takes about a second, and a training
+    /// run saves a checkpoint every epoch. Built on first use by <see cref="Save"/> (never by <see cref="Load"/>) and kept
+    /// for the process.
+    /// </summary>
+    private static readonly ConcurrentDictionary<string, Lazy<Dictionary<string, Tensor>>> BaseStates = new(StringComparer.Ordinal);
+
+    private static Dictionary<string, Tensor> BaseState(ModelManifest manifest)
+    {
+        using var baseNetwork = CreateBase(manifest);
+        var head = Architectures.HeadPrefix(manifest.Architecture);
+        return baseNetwork.state_dict()
+            .Where(kv => !kv.Key.StartsWith(head, StringComparison.Ordinal))
+            .ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone().DetachFromDisposeScope(), StringComparer.Ordinal);
     }
 
     internal readonly record struct TensorInfo(ScalarType DType, long[] Shape)
