@@ -119,7 +119,7 @@ public sealed partial class ClassifierService(
         ServedModel model = host.Current ?? throw GrpcErrors.NotReady();
         // The span of this request: the RPC's, or the stream message's. The batches that run its images link to it.
         Activity? span = Activity.Current;
-        span?.SetTag(XRayTracing.RequestIdTag, request.RequestId);
+        span?.SetTag(XRayTracing.RequestIdTag, LogText.Quote(request.RequestId));
         float[][] images = RequestDecoder.Decode(request, model.Preprocessor, batchingOptions.Value.MaxQueueSize);
         span?.SetTag(XRayTracing.ImagesTag, images.Length);
         DateTimeOffset? deadline = context.Deadline == DateTime.MaxValue ? null : new DateTimeOffset(context.Deadline);
@@ -171,11 +171,11 @@ public sealed partial class ClassifierService(
         // The request id, the status and what was wrong; never the request's pixels.
         if (GrpcErrors.IsServerFault(status.StatusCode))
         {
-            LogServerFault(logger, requestId, method, status.StatusCode, exception);
+            LogServerFault(logger, LogText.Quote(requestId), method, status.StatusCode, exception);
         }
         else
         {
-            LogRejected(logger, requestId, method, status.StatusCode, status.Detail);
+            LogRejected(logger, LogText.Quote(requestId), method, status.StatusCode, status.Detail);
         }
         return status;
     }
@@ -201,6 +201,11 @@ internal static class PredictionFactory
             },
         };
         float[] logits = result.Output;
+        if (!logits.All(float.IsFinite))
+        {
+            // Never answered OK: a NaN or infinite logit has no probability a caller could act on.
+            throw new RpcException(new Status(StatusCode.Internal, "The model's output for this input is not finite (NaN or infinity); it is not returned."));
+        }
         prediction.Logits.Add(logits);
         for (int c = 0; c < logits.Length; c++)
         {

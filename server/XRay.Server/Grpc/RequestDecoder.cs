@@ -99,10 +99,11 @@ internal static class RequestDecoder
             {
                 // The wire format is little-endian, as is every platform .NET runs this server on.
                 ReadOnlySpan<float> floats = MemoryMarshal.Cast<byte, float>(bytes);
-                int bad = IndexOfNonFinite(floats);
+                int bad = IndexOfOutOfRange(floats);
                 if (bad >= 0)
                 {
-                    throw new InvalidRequestException($"tensor.data holds {floats[bad]} at image {i}, element {bad}; values must be finite.");
+                    throw new InvalidRequestException(
+                        $"tensor.data holds {floats[bad]} at image {i}, element {bad}; normalised values must be finite and within ±{MaxAbsFloatInput}.");
                 }
                 preprocessor.CopyFloat(floats, (int)channels, images[i]);
             }
@@ -110,11 +111,18 @@ internal static class RequestDecoder
         return images;
     }
 
-    private static int IndexOfNonFinite(ReadOnlySpan<float> values)
+    /// <summary>
+    /// Largest magnitude of a normalised float32 input value. Real normalised pixels lie within about ±5; values near
+    /// float's limits overflow inside the network and come out as NaN logits.
+    /// </summary>
+    public const float MaxAbsFloatInput = 1000f;
+
+    private static int IndexOfOutOfRange(ReadOnlySpan<float> values)
     {
         for (int i = 0; i < values.Length; i++)
         {
-            if (!float.IsFinite(values[i])) return i;
+            // Written so that NaN fails it too.
+            if (!(Math.Abs(values[i]) <= MaxAbsFloatInput)) return i;
         }
         return -1;
     }
