@@ -51,9 +51,10 @@ public static class ServingExtensions
 
     public static IEndpointRouteBuilder MapXrayServing(this IEndpointRouteBuilder endpoints)
     {
-        endpoints.MapGrpcService<ClassifierService>();
-        endpoints.MapGrpcService<HealthServiceImpl>();
-        endpoints.MapGrpcReflectionService();
+        // The Classifier through its transport bounds and precise marshallers; health stays open for probes.
+        var classifier = endpoints.MapGrpcService<ClassifierEndpoint>();
+        endpoints.MapGrpcService<HealthServiceImpl>().AllowAnonymous();
+        endpoints.MapXraySecurity(classifier);
 
         // Plain HTTP probes for orchestrators that do not speak gRPC health (served on the HTTP/1.1 endpoint).
         endpoints.MapGet("/healthz", () => Results.Text("ok"));

@@ -15,9 +15,14 @@ public static class XRayServerApp
         });
         builder.Configuration.AddCommandLine(args, ServingExtensions.SwitchMappings.ToDictionary());
         builder.Services.AddXrayServing(builder.Configuration);
+        builder.Services.AddXrayTransportLimits(builder.Configuration);
+        builder.Services.AddXraySecurity(builder.Configuration);
         configure?.Invoke(builder);
 
         WebApplication app = builder.Build();
+        app.UseRouting();
+        app.UseXraySecurity();
+        app.UseGrpcFrameGuard();
         app.UseXrayMetricsEndpoint();
         app.MapXrayServing();
         return app;

@@ -1,0 +1,149 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace XRay.Server.Hosting;
+
+/// <summary>
+/// Who may call the server. Configuration section <c>Security</c>. TLS itself is Kestrel's endpoint configuration
+/// (<c>Kestrel:Endpoints:Grpc:Url=https://…</c> with <c>Certificate:Path</c>/<c>KeyPath</c>); this adds a certificate
+/// given as PEM text, mutual TLS against a client CA, and caller authentication by API key or JWT bearer token.
+/// </summary>
+public sealed class SecurityOptions : IValidatableObject
+{
+    public const string SectionName = "Security";
+
+    /// <summary>
+    /// Whether Classifier calls need an authenticated caller (default false). Health and <c>/healthz</c>, <c>/readyz</c>
+    /// stay open for probes; <c>/metrics</c> follows <see cref="ProtectMetrics"/>.
+    /// </summary>
+    public bool RequireAuthentication { get; set; }
+
+    /// <summary>Accepted API keys, sent as <c>x-api-key: KEY</c> or <c>authorization: ApiKey KEY</c>. Default none.</summary>
+    public List<ApiKey> ApiKeys { get; set; } = [];
+
+    public JwtSettings Jwt { get; set; } = new();
+
+    /// <summary>
+    /// The role a caller needs per Classifier method (<c>Classify</c>, <c>ClassifyStream</c>, <c>GetModelInfo</c>), e.g.
+    /// <c>Classify: classify</c>. A method not listed needs only an authenticated caller. Default none.
+    /// </summary>
+    public Dictionary<string, string> MethodRoles { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// gRPC server reflection: <c>auto</c> (default: served when authentication is off, not when it is on), <c>on</c>
+    /// (served; with authentication it needs an authenticated caller) or <c>off</c>.
+    /// </summary>
+    [RegularExpression("^(auto|on|off)$")]
+    public string Reflection { get; set; } = "auto";
+
+    /// <summary>
+    /// Whether <c>/metrics</c> needs an authenticated caller (an API key or token with the <see cref="MetricsRole"/>
+    /// role when set). Default false: bind the Metrics endpoint to a private interface instead.
+    /// </summary>
+    public bool ProtectMetrics { get; set; }
+
+    /// <summary>The role <c>/metrics</c> needs when protected; empty (default): any authenticated caller.</summary>
+    public string MetricsRole { get; set; } = "";
+
+    public TlsSettings Tls { get; set; } = new();
+
+    public bool ReflectionEnabled => Reflection == "on" || (Reflection == "auto" && !RequireAuthentication);
+
+    public bool AuthenticationConfigured => ApiKeys.Count > 0 || Jwt.Configured;
+
+    public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
+    {
+        if ((RequireAuthentication || ProtectMetrics) && !AuthenticationConfigured)
+        {
+            yield return new ValidationResult("Security: authentication is required but no ApiKeys and no Jwt are configured.");
+        }
+        foreach (ApiKey key in ApiKeys)
+        {
+            if (string.IsNullOrEmpty(key.Name) || key.Key.Length < 16)
+            {
+                yield return new ValidationResult("Security:ApiKeys: every key needs a Name and a Key of at least 16 characters.");
+            }
+        }
+        if (ApiKeys.Select(key => key.Key).Distinct(StringComparer.Ordinal).Count() != ApiKeys.Count)
+        {
+            yield return new ValidationResult("Security:ApiKeys: two entries have the same Key.");
+        }
+        if (Jwt.Configured && string.IsNullOrEmpty(Jwt.Audience))
+        {
+            yield return new ValidationResult("Security:Jwt:Audience is required when JWT bearer tokens are accepted.");
+        }
+        if (Jwt.Configured && string.IsNullOrEmpty(Jwt.Authority) && string.IsNullOrEmpty(Jwt.Issuer))
+        {
+            yield return new ValidationResult("Security:Jwt:Issuer is required with a signing key (or set Security:Jwt:Authority).");
+        }
+        foreach (string method in MethodRoles.Keys.Except(SecurityMethods.Classifier))
+        {
+            yield return new ValidationResult($"Security:MethodRoles: '{method}' is not a Classifier method ({string.Join(", ", SecurityMethods.Classifier)}).");
+        }
+        if (string.IsNullOrEmpty(Tls.CertificatePem) != string.IsNullOrEmpty(Tls.KeyPem))
+        {
+            yield return new ValidationResult("Security:Tls: CertificatePem and KeyPem go together.");
+        }
+    }
+
+    public sealed class ApiKey
+    {
+        /// <summary>Who holds the key: the caller's name in logs and claims.</summary>
+        public string Name { get; set; } = "";
+
+        /// <summary>The secret, at least 16 characters. Pass it through an environment variable or a secret store, not a checked-in file.</summary>
+        public string Key { get; set; } = "";
+
+        /// <summary>Roles the key grants (matched against <see cref="MethodRoles"/>).</summary>
+        public List<string> Roles { get; set; } = [];
+    }
+
+    public sealed class JwtSettings
+    {
+        /// <summary>OpenID Connect issuer URL: signing keys are discovered from it. Empty (default): use <see cref="SigningKeyPath"/> or <see cref="SigningKeyPem"/>.</summary>
+        public string Authority { get; set; } = "";
+
+        /// <summary>Expected <c>iss</c> (defaults to the Authority's).</summary>
+        public string Issuer { get; set; } = "";
+
+        /// <summary>Expected <c>aud</c>; required.</summary>
+        public string Audience { get; set; } = "";
+
+        /// <summary>PEM file with the issuer's public key (RSA or EC) that signs tokens.</summary>
+        public string SigningKeyPath { get; set; } = "";
+
+        /// <summary>The same key as PEM text.</summary>
+        public string SigningKeyPem { get; set; } = "";
+
+        /// <summary>Claims whose values are roles (space-separated values are split, as OAuth scopes are). Default <c>roles</c>, <c>scope</c>.</summary>
+        public List<string> RoleClaims { get; set; } = ["roles", "scope"];
+
+        public bool Configured => !string.IsNullOrEmpty(Authority) || !string.IsNullOrEmpty(SigningKeyPath) || !string.IsNullOrEmpty(SigningKeyPem);
+    }
+
+    public sealed class TlsSettings
+    {
+        /// <summary>Server certificate as PEM text (with <see cref="KeyPem"/>), for https endpoints without a configured Certificate; e.g. from a secret in an environment variable.</summary>
+        public string CertificatePem { get; set; } = "";
+
+        public string KeyPem { get; set; } = "";
+
+        /// <summary>PEM file of the CA(s) that sign client certificates. Set (or <see cref="ClientCaPem"/>): https endpoints require a client certificate chaining to it (mutual TLS).</summary>
+        public string ClientCaPath { get; set; } = "";
+
+        public string ClientCaPem { get; set; } = "";
+
+        public bool MutualTls => !string.IsNullOrEmpty(ClientCaPath) || !string.IsNullOrEmpty(ClientCaPem);
+    }
+}
+
+/// <summary>Method names that per-method policies refer to.</summary>
+public static class SecurityMethods
+{
+    public static readonly IReadOnlyList<string> Classifier = ["Classify", "ClassifyStream", "GetModelInfo"];
+
+    /// <summary>The authorization policy of a Classifier method, e.g. <c>xray.v1.Classifier/Classify</c>.</summary>
+    public static string PolicyName(string method) => $"xray.v1.Classifier/{method}";
+
+    public const string MetricsPolicy = "xray.metrics";
+    public const string CallerPolicy = "xray.caller";
+}
