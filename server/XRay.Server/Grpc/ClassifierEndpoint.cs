@@ -49,6 +49,7 @@ public sealed partial class ClassifierEndpoint(
     {
         var shares = new StreamShare(admission, ConnectionOf(context));
         var reader = new AdmittingReader(requestStream, shares, closer.Closing);
+        using IDisposable open = closer.Track();
         try
         {
             await service.ClassifyStream(reader, new ReleasingWriter(responseStream, shares), context).ConfigureAwait(false);
@@ -156,24 +157,21 @@ public sealed partial class ClassifierEndpoint(
                 Closed = true;
                 return false;
             }
-            Task<bool> next = inner.MoveNext(cancellationToken);
-            if (!next.IsCompleted)
+            // Closing cancels the read itself, so no read is left pending on the request body when the call ends.
+            using (var read = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, closing))
             {
-                var closed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                using (closing.Register(() => closed.TrySetResult()))
+                try
                 {
-                    if (await Task.WhenAny(next, closed.Task).ConfigureAwait(false) != next)
+                    if (!await inner.MoveNext(read.Token).ConfigureAwait(false))
                     {
-                        // The read is abandoned; it ends with the call. Observe its failure so it is not reported unobserved.
-                        _ = next.ContinueWith(static read => read.Exception, TaskContinuationOptions.OnlyOnFaulted);
-                        Closed = true;
                         return false;
                     }
                 }
-            }
-            if (!await next.ConfigureAwait(false))
-            {
-                return false;
+                catch (OperationCanceledException) when (closing.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+                {
+                    Closed = true;
+                    return false;
+                }
             }
             ClassifyRequest request = inner.Current;
             await shares.AcquireAsync(request, cancellationToken).ConfigureAwait(false);

@@ -73,6 +73,10 @@ internal sealed class GrpcFrameGuard(
         ReadOnlySequence<byte> buffer = result.Buffer;
         if (buffer.IsEmpty)
         {
+            if (singleMessage && result.IsCompleted && _messagesConsumed == 0)
+            {
+                throw Refuse(StatusCode.InvalidArgument, "The request has no message.");
+            }
             return;
         }
         if (singleMessage && _messagesConsumed > 0)
@@ -102,6 +106,10 @@ internal sealed class GrpcFrameGuard(
         if (result.IsCompleted && buffer.Length < PrefixLength + length)
         {
             throw Refuse(StatusCode.InvalidArgument, $"The request ends inside a message ({buffer.Length - PrefixLength} of {length} bytes).");
+        }
+        if (singleMessage && buffer.Length > PrefixLength + length)
+        {
+            throw Refuse(StatusCode.InvalidArgument, "A unary call carries exactly one message; the request has more data after it.");
         }
     }
 

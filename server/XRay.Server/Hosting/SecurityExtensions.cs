@@ -219,7 +219,7 @@ public static class SecurityExtensions
             rsa.ImportFromPem(pem);
             return new RsaSecurityKey(rsa);
         }
-        catch (ArgumentException)
+        catch (Exception ex) when (ex is ArgumentException or CryptographicException)
         {
             rsa.Dispose();
             // A SubjectPublicKeyInfo "PUBLIC KEY" may hold an EC key.
