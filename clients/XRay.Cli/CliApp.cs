@@ -28,14 +28,15 @@ internal static class CliApp
             Recursive = true,
         };
         var json = new Option<bool>("--json") { Description = "Print JSON instead of a table.", Recursive = true };
+        var credentials = new CredentialOptions();
 
         var files = new Argument<FileInfo[]>("files") { Description = "PNG or JPEG chest X-rays.", Arity = ArgumentArity.OneOrMore };
         var classify = new Command("classify", "Classify image files (PNG or JPEG) and print the findings.") { files };
-        classify.SetAction((result, ct) => Run(result, server, timeout, error, client =>
+        classify.SetAction((result, ct) => Run(result, server, timeout, credentials, error, client =>
             ClassifyAsync(client, result.GetValue(files)!, result.GetValue(json), output, error, ct)));
 
         var info = new Command("info", "Show the served model: classes, thresholds, inputs, batching.");
-        info.SetAction((result, ct) => Run(result, server, timeout, error, async client =>
+        info.SetAction((result, ct) => Run(result, server, timeout, credentials, error, async client =>
         {
             ModelInfo model = await client.GetModelInfoAsync(ct);
             output.WriteLine(result.GetValue(json) ? JsonFormatter.Default.Format(model) : Describe(model));
@@ -43,7 +44,7 @@ internal static class CliApp
         }));
 
         var health = new Command("health", "Check the server's gRPC health (exit 0 when SERVING).");
-        health.SetAction((result, ct) => Run(result, server, timeout, error, async client =>
+        health.SetAction((result, ct) => Run(result, server, timeout, credentials, error, async client =>
         {
             var status = await client.CheckHealthAsync(cancellationToken: ct);
             output.WriteLine(status.ToString().ToUpperInvariant());
@@ -54,23 +55,32 @@ internal static class CliApp
         {
             server, timeout, json, classify, info, health,
         };
+        foreach (Option option in credentials.All)
+        {
+            root.Options.Add(option);
+        }
         var configuration = new InvocationConfiguration { Output = output, Error = error };
         return root.Parse(args).InvokeAsync(configuration);
     }
 
-    private static async Task<int> Run(ParseResult result, Option<string> server, Option<double> timeout, TextWriter error,
+    private static async Task<int> Run(ParseResult result, Option<string> server, Option<double> timeout, CredentialOptions credentials, TextWriter error,
         Func<XRayClassifierClient, Task<int>> action)
     {
         string address = result.GetValue(server)!;
         try
         {
             string[] addresses = address.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-            using var client = new XRayClassifierClient(addresses, new XRayClientOptions
+            using var client = new XRayClassifierClient(addresses, credentials.ApplyTo(result, new XRayClientOptions
             {
                 Timeout = TimeSpan.FromSeconds(result.GetValue(timeout)),
                 MaxAttempts = 1,
-            });
+            }));
             return await action(client);
+        }
+        catch (RpcException ex) when (ex.StatusCode is StatusCode.Unauthenticated or StatusCode.PermissionDenied)
+        {
+            error.WriteLine($"error: the server refused the credentials ({ex.StatusCode}): {ex.Status.Detail}");
+            return 5;
         }
         catch (RpcException ex) when (ex.StatusCode == StatusCode.Unavailable)
         {
@@ -85,6 +95,16 @@ internal static class CliApp
         catch (Exception ex) when (ex is UriFormatException or ArgumentException)
         {
             error.WriteLine($"error: '{address}' is not a server address ({ex.Message}); use http://host:port");
+            return 2;
+        }
+        catch (FileNotFoundException ex)
+        {
+            error.WriteLine($"error: {ex.Message}");
+            return 2;
+        }
+        catch (System.Security.Cryptography.CryptographicException ex)
+        {
+            error.WriteLine($"error: cannot read the certificate or key: {ex.Message}");
             return 2;
         }
     }

@@ -50,18 +50,18 @@ public sealed class XRayClassifierClient : IDisposable
             // Retries buffer the request; a 32-image float batch is ~19 MB.
             MaxRetryBufferPerCallSize = _options.MaxMessageBytes,
         };
-        if (uris.Length == 1)
-        {
-            _channel = GrpcChannel.ForAddress(uris[0], channelOptions);
-        }
-        else
+        bool https = uris[0].Scheme == Uri.UriSchemeHttps;
+        if (uris.Length > 1)
         {
             // "static:///" names no real host: the resolver hands the balancer the fixed list of servers.
             var resolver = new StaticResolverFactory(_ => uris.Select(uri => new BalancerAddress(uri.Host, uri.Port)).ToArray());
             channelOptions.ServiceProvider = new BalancerServices(resolver);
-            channelOptions.Credentials = uris[0].Scheme == Uri.UriSchemeHttps ? ChannelCredentials.SecureSsl : ChannelCredentials.Insecure;
-            _channel = GrpcChannel.ForAddress("static:///xray", channelOptions);
+            channelOptions.Credentials = https ? ChannelCredentials.SecureSsl : ChannelCredentials.Insecure;
         }
+        ClientSecurity.Apply(channelOptions, _options, https);
+        _channel = uris.Length == 1
+            ? GrpcChannel.ForAddress(uris[0], channelOptions)
+            : GrpcChannel.ForAddress("static:///xray", channelOptions);
         Addresses = Array.AsReadOnly(addresses.ToArray());
         Classifier = new Classifier.ClassifierClient(_channel);
         Health = new Health.HealthClient(_channel);

@@ -13,4 +13,25 @@ public sealed class XRayClientOptions
 
     /// <summary>Largest message sent or received, in bytes (default 64 MiB, as the server).</summary>
     public int MaxMessageBytes { get; set; } = 64 * 1024 * 1024;
+
+    /// <summary>
+    /// PEM file of the CA(s) that sign the server's certificate, for an https server the system does not trust
+    /// (default: the system's trust store).
+    /// </summary>
+    public string? CaCertificatePath { get; set; }
+
+    /// <summary>PEM file of this client's certificate, for a server that requires mutual TLS; its key in <see cref="ClientKeyPath"/>.</summary>
+    public string? ClientCertificatePath { get; set; }
+
+    /// <summary>PEM file of the client certificate's private key (default: the certificate file itself).</summary>
+    public string? ClientKeyPath { get; set; }
+
+    /// <summary>A bearer token (JWT) sent as <c>authorization: Bearer TOKEN</c> on every call.</summary>
+    public string? BearerToken { get; set; }
+
+    /// <summary>An API key sent as <c>x-api-key</c> on every call.</summary>
+    public string? ApiKey { get; set; }
+
+    /// <summary>A copy, to vary timeouts or retries while keeping the credentials.</summary>
+    public XRayClientOptions Clone() => (XRayClientOptions)MemberwiseClone();
 }

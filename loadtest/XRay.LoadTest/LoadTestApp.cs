@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using Grpc.Core;
 using Spectre.Console;
+using XRay.Cli;
 using XRay.Client;
 using XRay.Contracts.V1;
 using XRay.LoadTest.Bench;
@@ -53,7 +54,7 @@ public static class LoadTestApp
             return Task.FromResult(Emit(report, result.GetValue(renderOut), output, new PlainPresenter(error), writeJson: false));
         }));
 
-        var root = new RootCommand("XRay Serving load tester: closed- and open-loop load, sweeps, and the batching benchmark.") { run, sweep, bench, render };
+        var root = new RootCommand("XRay Serving load tester: closed- and open-loop load, sweeps, and the batching benchmark.") { run, sweep, bench, render, TransportBench.StallCommand(output), TransportBench.ShutdownCommand(output) };
         return root.Parse(args).InvokeAsync(new InvocationConfiguration { Output = output, Error = error });
     }
 
@@ -118,7 +119,7 @@ public static class LoadTestApp
         var machine = MachineInfo.Current();
         IReadOnlyList<string> targets = o.Targets(result);
         LoadProfile profile = o.Profile(result);
-        (ModelInfo info, PayloadPool payloads) = await PrepareAsync(targets, o.Payload(result), cancellationToken);
+        (ModelInfo info, PayloadPool payloads) = await PrepareAsync(targets, profile.Client, o.Payload(result), cancellationToken);
         IRunPresenter presenter = Presenter(result, o, error, interactive);
         RunResult run = await presenter.RunAsync(new LoadRunner(targets, profile, payloads), profile.Label, cancellationToken);
         var report = new LoadTestReport { Kind = "run", Command = CommandLine(args), StartedUtc = started, Machine = machine, Model = Describe(info), Runs = [run] };
@@ -138,7 +139,7 @@ public static class LoadTestApp
         {
             throw new ArgumentException($"--slo-percentile must be one of {string.Join(", ", LatencySummary.ReportedPercentiles)}; got {sloPercentile}.");
         }
-        (ModelInfo info, PayloadPool payloads) = await PrepareAsync(targets, o.Payload(result), cancellationToken);
+        (ModelInfo info, PayloadPool payloads) = await PrepareAsync(targets, profile.Client, o.Payload(result), cancellationToken);
         IRunPresenter presenter = Presenter(result, o, error, interactive);
         SweepResult sweep = await Sweeper.RunAsync(levels, level => baseProfile.Mode == LoadMode.Closed
                 ? baseProfile with { Concurrency = checked((int)level) }
@@ -159,10 +160,14 @@ public static class LoadTestApp
     }
 
     /// <summary>Asks the server for its model (input size, preprocessing) and builds the payloads to match.</summary>
-    private static async Task<(ModelInfo, PayloadPool)> PrepareAsync(IReadOnlyList<string> targets, PayloadSpec spec, CancellationToken cancellationToken)
+    private static async Task<(ModelInfo, PayloadPool)> PrepareAsync(IReadOnlyList<string> targets, XRayClientOptions credentials,
+        PayloadSpec spec, CancellationToken cancellationToken)
     {
         ModelInfo info;
-        using (var client = new XRayClassifierClient(targets, new XRayClientOptions { MaxAttempts = 1, Timeout = TimeSpan.FromSeconds(10) }))
+        XRayClientOptions options = credentials.Clone();
+        options.MaxAttempts = 1;
+        options.Timeout = TimeSpan.FromSeconds(10);
+        using (var client = new XRayClassifierClient(targets, options))
         {
             info = await client.GetModelInfoAsync(cancellationToken);
         }
@@ -286,11 +291,12 @@ public static class LoadTestApp
         public readonly Option<string[]> Files = new("--files") { Description = "PNG/JPEG files or folders to send (png) or to turn into tensors; default: generated images.", AllowMultipleArgumentsPerToken = true };
         public readonly Option<string?> Out = new("--out", "-o") { Description = "Folder for report.json, report.md and PNG plots." };
         public readonly Option<bool> NoProgress = new("--no-progress") { Description = "No live display; a line per run instead." };
+        public readonly CredentialOptions Credentials = new();
 
         public void AddTo(Command command, bool withTarget)
         {
             if (withTarget) command.Options.Add(Target);
-            foreach (Option option in new Option[] { Mode, Concurrency, Rate, Arrival, Duration, Requests, Warmup, Connections, Api, Timeout, MaxInFlight, Seed, PayloadKindOption, ImagesPerRequest, Channels, Files, Out, NoProgress })
+            foreach (Option option in new Option[] { Mode, Concurrency, Rate, Arrival, Duration, Requests, Warmup, Connections, Api, Timeout, MaxInFlight, Seed, PayloadKindOption, ImagesPerRequest, Channels, Files, Out, NoProgress }.Concat(Credentials.All))
             {
                 command.Options.Add(option);
             }
@@ -309,6 +315,7 @@ public static class LoadTestApp
             LoadMode mode = ParseEnum<LoadMode>(result.GetValue(Mode)!, "--mode");
             var profile = new LoadProfile
             {
+                Client = Credentials.ApplyTo(result, new XRayClientOptions()),
                 Mode = mode,
                 Concurrency = result.GetValue(Concurrency),
                 RateRps = result.GetValue(Rate),

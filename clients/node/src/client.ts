@@ -1,10 +1,11 @@
 // Typed Node client for XRay Serving: xray.v1.Classifier over gRPC (HTTP/2), on Connect's gRPC transport.
 // Every call has a deadline; UNAVAILABLE and RESOURCE_EXHAUSTED are retried with exponential backoff
 // (unary calls only); several server addresses are used round-robin, one call each in turn.
+import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { endianness } from "node:os";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
   Classifier,
@@ -28,6 +29,15 @@ export interface XRayClientOptions {
   initialBackoffMs?: number;
   /** Largest message sent or received, in bytes (default 64 MiB, as the server). */
   maxMessageBytes?: number;
+  /** PEM file of the CA that signs the server's certificate, for https servers the system does not trust. */
+  caPath?: string;
+  /** PEM files of this client's certificate and key, for servers that require mutual TLS. */
+  certPath?: string;
+  keyPath?: string;
+  /** Bearer token (JWT) sent as `authorization: Bearer TOKEN` on every call. */
+  token?: string;
+  /** API key sent as `x-api-key` on every call. */
+  apiKey?: string;
 }
 
 const retryable = new Set([Code.Unavailable, Code.ResourceExhausted]);
@@ -48,8 +58,16 @@ export class XRayClient {
     this.maxAttempts = Math.max(1, options.maxAttempts ?? 4);
     this.initialBackoffMs = options.initialBackoffMs ?? 100;
     const maxBytes = options.maxMessageBytes ?? 64 * 1024 * 1024;
+    const tls = tlsOptions(options);
+    if (tls && this.addresses.some((address) => !address.startsWith("https://"))) {
+      throw new Error("A CA or client certificate needs https:// server addresses.");
+    }
+    const interceptors = credentials(options);
     this.clients = this.addresses.map((baseUrl) =>
-      createClient(Classifier, createGrpcTransport({ baseUrl, readMaxBytes: maxBytes, writeMaxBytes: maxBytes })),
+      createClient(
+        Classifier,
+        createGrpcTransport({ baseUrl, readMaxBytes: maxBytes, writeMaxBytes: maxBytes, nodeOptions: tls, interceptors }),
+      ),
     );
   }
 
@@ -123,6 +141,29 @@ export class XRayClient {
       }
     }
   }
+}
+
+/** TLS trust and client certificate for the HTTP/2 session, read once; undefined when none is given. */
+function tlsOptions(options: XRayClientOptions): { ca?: Buffer; cert?: Buffer; key?: Buffer } | undefined {
+  if (!options.caPath && !options.certPath) return undefined;
+  return {
+    ca: options.caPath ? readFileSync(options.caPath) : undefined,
+    cert: options.certPath ? readFileSync(options.certPath) : undefined,
+    key: options.certPath ? readFileSync(options.keyPath ?? options.certPath) : undefined,
+  };
+}
+
+/** Adds the token and API key to every call's headers. */
+function credentials(options: XRayClientOptions): Interceptor[] {
+  const { token, apiKey } = options;
+  if (!token && !apiKey) return [];
+  return [
+    (next) => (request) => {
+      if (token) request.header.set("authorization", `Bearer ${token}`);
+      if (apiKey) request.header.set("x-api-key", apiKey);
+      return next(request);
+    },
+  ];
 }
 
 /** The findings over threshold of each prediction, by class name: what a caller usually wants. */

@@ -132,3 +132,29 @@ function crc32(bytes: Uint8Array): number {
   }
   return (crc ^ 0xffffffff) >>> 0;
 }
+
+test("a token and an API key travel as headers; UNAUTHENTICATED comes back as its code", limits, async () => {
+  // A stand-in server that records the headers of a call and refuses it as the real one does without credentials.
+  const { createServer } = await import("node:http2");
+  let seen: Record<string, unknown> = {};
+  const stand = createServer((request, response) => {
+    seen = request.headers;
+    response.writeHead(200, { "content-type": "application/grpc", "grpc-status": "16", "grpc-message": "needs credentials" });
+    response.end();
+  });
+  await new Promise<void>((resolve) => stand.listen(0, "127.0.0.1", resolve));
+  const port = (stand.address() as { port: number }).port;
+  try {
+    const secured = new XRayClient(`http://127.0.0.1:${port}`, { maxAttempts: 1, token: "tok-123", apiKey: "key-456" });
+
+    await assert.rejects(secured.getModelInfo(), (error) => ConnectError.from(error).code === Code.Unauthenticated);
+    assert.equal(seen["authorization"], "Bearer tok-123");
+    assert.equal(seen["x-api-key"], "key-456");
+  } finally {
+    stand.close();
+  }
+});
+
+test("a CA or client certificate with an http:// address is refused at once", () => {
+  assert.throws(() => new XRayClient("http://127.0.0.1:1", { caPath: "ca.pem" }), /https:\/\//);
+});

@@ -124,6 +124,13 @@ internal sealed class ServerProcess : IAsyncDisposable
         throw new InvalidOperationException($"the server was not SERVING after {timeout.TotalSeconds:F0} s:{Environment.NewLine}{OutputTail()}");
     }
 
+    /// <summary>Sends SIGTERM now (the server drains and exits) without waiting.</summary>
+    public void Terminate()
+    {
+        if (OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()) _ = Kill(_process.Id, Sigterm);
+        else _process.Kill(entireProcessTree: true);
+    }
+
     /// <summary>SIGTERM (the server drains and exits), then SIGKILL after 30 s.</summary>
     public async ValueTask DisposeAsync()
     {
@@ -131,8 +138,7 @@ internal sealed class ServerProcess : IAsyncDisposable
         {
             if (!_process.HasExited)
             {
-                if (OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()) _ = Kill(_process.Id, Sigterm);
-                else _process.Kill(entireProcessTree: true);
+                Terminate();
                 using var wait = new CancellationTokenSource(StopTimeout);
                 try
                 {

@@ -1,3 +1,4 @@
+using XRay.Client;
 namespace XRay.LoadTest.Load;
 
 /// <summary>Closed loop: a fixed number of callers, each sending its next request when the last one is answered. Open loop: requests arrive at a rate, whatever the server does.</summary>
@@ -48,6 +49,9 @@ public sealed record LoadProfile
     public int Connections { get; init; } = 1;
 
     public CallApi Api { get; init; } = CallApi.Unary;
+
+    /// <summary>TLS trust, client certificate and token or API key for the targets (default none); timeouts and retries are set per use.</summary>
+    public XRayClientOptions Client { get; init; } = new();
 
     /// <summary>Deadline of each request (default 30 s).</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(30);

@@ -25,7 +25,9 @@ internal sealed class RequestSender : IAsyncDisposable
 
     public static RequestSender Create(IReadOnlyList<string> targets, LoadProfile profile)
     {
-        var options = new XRayClientOptions { Timeout = profile.Timeout, MaxAttempts = 1 };
+        XRayClientOptions options = profile.Client.Clone();
+        options.Timeout = profile.Timeout;
+        options.MaxAttempts = 1;
         var clients = Enumerable.Range(0, profile.Connections).Select(_ => new XRayClassifierClient(targets, options)).ToArray();
         // Streams live for the whole run, so they have no deadline; each request has its own timeout instead.
         ClassifyStreamSession[]? streams = profile.Api == CallApi.Stream ? clients.Select(client => client.OpenStream()).ToArray() : null;
