@@ -4,7 +4,6 @@ using Grpc.Core;
 using Microsoft.Extensions.Options;
 using XRay.Batching;
 using XRay.Contracts.V1;
-using XRay.Server.Hosting;
 using XRay.Server.Model;
 using XRay.Server.Telemetry;
 
@@ -161,7 +160,7 @@ public sealed partial class ClassifierService(
         // The request's span: the RPC's, or the stream message's.
         if (Activity.Current is { } span)
         {
-            span.SetTag(XRayMetrics.StatusCodeTag, GrpcErrors.StatusName(status.StatusCode));
+            span.SetTag(XRayMetrics.StatusCodeTag, XRayMetrics.StatusName(status.StatusCode));
             if (GrpcErrors.IsServerSpanError(status.StatusCode))
             {
                 span.SetStatus(ActivityStatusCode.Error, status.Detail);
