@@ -203,7 +203,7 @@ internal static class PredictionFactory
         prediction.Logits.Add(logits);
         for (int c = 0; c < logits.Length; c++)
         {
-            float probability = Sigmoid(logits[c]);
+            float probability = XRay.Model.Probabilities.Sigmoid(logits[c]);
             prediction.Probabilities.Add(probability);
             if (probability >= thresholds[c])
             {
@@ -212,9 +212,6 @@ internal static class PredictionFactory
         }
         return prediction;
     }
-
-    // Each finding independently: multi-label, so no softmax across classes.
-    public static float Sigmoid(float logit) => 1f / (1f + MathF.Exp(-logit));
 }
 
 internal static class ModelInfoFactory
