@@ -2,6 +2,7 @@ using Grpc.Core;
 using Grpc.Health.V1;
 using Grpc.HealthCheck;
 using XRay.Server.Model;
+using XRay.Server.Telemetry;
 
 namespace XRay.Server.Grpc;
 
@@ -97,7 +98,7 @@ public sealed class ClosingHealthService : HealthServiceImpl
 {
     private readonly StreamCloser _closer;
 
-    public ClosingHealthService(StreamCloser closer)
+    public ClosingHealthService(StreamCloser closer, XRayMetrics metrics)
     {
         _closer = closer;
         // Closing is the first step of stopping, before the model host drains: report NOT_SERVING from here on.
@@ -105,6 +106,7 @@ public sealed class ClosingHealthService : HealthServiceImpl
         {
             SetStatus("", HealthCheckResponse.Types.ServingStatus.NotServing);
             SetStatus(ModelHost.ServiceName, HealthCheckResponse.Types.ServingStatus.NotServing);
+            metrics.SetReady(false);
         });
     }
 
