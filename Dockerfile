@@ -63,7 +63,9 @@ COPY --from=app-gpu /app /app
 WORKDIR /app
 ENV Kestrel__Endpoints__Grpc__Url=http://0.0.0.0:5051 \
     Kestrel__Endpoints__Metrics__Url=http://0.0.0.0:9464 \
+    Kestrel__Endpoints__Admin__Url=http://127.0.0.1:5052 \
     XRAY_SERVER=http://127.0.0.1:5051 \
+    XRAY_ADMIN=http://127.0.0.1:5052 \
     DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1
 EXPOSE 5051 9464
 USER ${APP_UID}
@@ -79,10 +81,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends libjemalloc2 &&
 # Owned by root and not writable by the server.
 COPY --from=app /app /app
 WORKDIR /app
-# XRAY_SERVER is where the `xray` CLI (and so the health check) calls: keep it in step with the gRPC port.
+# XRAY_SERVER is where the `xray` CLI (and so the health check) calls: keep it in step with the gRPC port. The Admin
+# endpoint (model swaps) listens on the container's loopback only: `docker exec CONTAINER /app/xray load-model DIR`.
 ENV Kestrel__Endpoints__Grpc__Url=http://0.0.0.0:5051 \
     Kestrel__Endpoints__Metrics__Url=http://0.0.0.0:9464 \
-    XRAY_SERVER=http://127.0.0.1:5051
+    Kestrel__Endpoints__Admin__Url=http://127.0.0.1:5052 \
+    XRAY_SERVER=http://127.0.0.1:5051 \
+    XRAY_ADMIN=http://127.0.0.1:5052
 EXPOSE 5051 9464
 USER ${APP_UID}
 # SERVING once the model is loaded and warmed up (the default model takes 10-60 s on two cores).

@@ -11,6 +11,8 @@
 # the "prebuilt" stage. Needs root (installs docker.io and debootstrap when missing).
 #
 #   deploy/test/container.sh [TAP_FILE]     results as TAP ("# pass N" / "# fail N"); exit 1 on any failure
+#   XRAY_CONTAINER_TEST_GPU=1 ...            also builds the runtime-gpu target (-p:OnnxRuntimeGpu=true) on a stand-in
+#                                            CUDA base and checks that it serves as a non-root user (on the CPU here)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 tap=${1:-$repo/artifacts/docker/container-test.tap}
@@ -52,12 +54,14 @@ step "image xray-serving:test: $((image_bytes / 1024 / 1024)) MiB ($((base_bytes
 
 grpc_port=$(free_port)
 metrics_port=$(free_port)
+admin_port=$(free_port)
 grpc=http://127.0.0.1:$grpc_port
 xray() { "$repo/artifacts/docker/app/xray" --server "$grpc" "$@"; }
 
 # Read-only root file system with a writable /tmp, as deploy/compose.yaml and the Kubernetes manifests run it.
 "$DOCKER" run -d --name "$server" --network host --read-only --tmpfs /tmp:rw,size=64m --stop-timeout 60 \
   -e Kestrel__Endpoints__Grpc__Url="$grpc" -e Kestrel__Endpoints__Metrics__Url="http://127.0.0.1:$metrics_port" \
+  -e Kestrel__Endpoints__Admin__Url="http://127.0.0.1:$admin_port" -e XRAY_ADMIN="http://127.0.0.1:$admin_port" \
   -e XRAY_SERVER="$grpc" xray-serving:test >/dev/null
 
 wait_healthy() {
@@ -116,6 +120,12 @@ EOF
 check "classifies a chest X-ray ($(basename "$xray_image")) through the container with the xray CLI" classifies
 check "serves /metrics on the metrics port" \
   bash -c "curl -fsS 'http://127.0.0.1:$metrics_port/metrics' | grep -q '^xray_server_model_ready'"
+
+# A model swap through the Admin endpoint, as an operator does it: the CLI inside the container, the built-in model.
+swaps_model() {
+  "$DOCKER" exec "$server" /app/xray load-model "" | tee "$work/swap.txt" && grep -q '^serving ' "$work/swap.txt" && classifies
+}
+check "swaps the model while serving (docker exec ... xray load-model), then classifies" swaps_model
 
 # --- Monitoring: Prometheus with the compose file's config and alert rules, scraping the server container.
 # Compose's network gives the server the name "server"; with host networking here it is 127.0.0.1.
@@ -182,6 +192,28 @@ echo "requests completed after SIGTERM: $drained/4; server exit code $exit_code"
 check "every request in flight at SIGTERM completes" test "$drained" = 4
 check "SIGTERM stops the server with exit code 0" test "$exit_code" = 0
 check "the server logs its drain" bash -c "'$DOCKER' logs '$server' 2>&1 | grep -q 'Shutting down: no new requests'"
+
+if [ "${XRAY_CONTAINER_TEST_GPU:-0}" = 1 ]; then
+  step "GPU target: publishing with -p:OnnxRuntimeGpu=true, docker build --target runtime-gpu"
+  build_stand_in cuda
+  rm -rf "$repo/artifacts/docker/app-gpu"
+  "$repo/deploy/docker/publish.sh" "$repo/artifacts/docker/app-gpu" --artifacts-path "$repo/artifacts/docker/build-gpu" \
+    -p:OnnxRuntimeGpu=true -v quiet -nologo >"$work/publish-gpu.log" 2>&1 || { tail -30 "$work/publish-gpu.log"; exit 1; }
+  "$DOCKER" build -q --network host --target runtime-gpu -t xray-serving:test-gpu \
+    --build-arg CUDA_IMAGE=xray-test/cuda --build-arg APP_SOURCE=prebuilt "$repo" >/dev/null
+  step "GPU image: $(( $("$DOCKER" image inspect -f '{{.Size}}' xray-serving:test-gpu) / 1024 / 1024 )) MiB"
+  server=xray-test-server-gpu
+  grpc_port=$(free_port); grpc=http://127.0.0.1:$grpc_port
+  "$DOCKER" run -d --name "$server" --network host --read-only --tmpfs /tmp:rw,size=64m \
+    -e Kestrel__Endpoints__Grpc__Url="$grpc" -e Kestrel__Endpoints__Metrics__Url="http://127.0.0.1:$(free_port)" \
+    -e Kestrel__Endpoints__Admin__Url="http://127.0.0.1:$(free_port)" -e XRAY_SERVER="$grpc" xray-serving:test-gpu >/dev/null
+  check "GPU image: healthy" wait_healthy
+  pid=$("$DOCKER" inspect -f '{{.State.Pid}}' "$server")
+  check "GPU image: the server runs as a non-root user" runs_unprivileged
+  check "GPU image: classifies a chest X-ray" classifies
+  "$DOCKER" kill --signal TERM "$server" >/dev/null
+  check "GPU image: SIGTERM stops the server with exit code 0" test "$("$DOCKER" wait "$server")" = 0
+fi
 
 step "done in $((SECONDS - started)) s; image $((image_bytes / 1024 / 1024)) MiB"
 tap_summary
