@@ -118,8 +118,9 @@ assert len(p) >= 2 and all(0.0 <= v <= 1.0 for v in p.values())
 EOF
 }
 check "classifies a chest X-ray ($(basename "$xray_image")) through the container with the xray CLI" classifies
-check "serves /metrics on the metrics port" \
-  bash -c "curl -fsS 'http://127.0.0.1:$metrics_port/metrics' | grep -q '^xray_server_model_ready'"
+# grep reads everything (no -q): curl must not see its pipe close early.
+serves_metrics() { curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep '^xray_server_model_ready' >/dev/null; }
+check "serves /metrics on the metrics port" serves_metrics
 
 # A model swap through the Admin endpoint, as an operator does it: the CLI inside the container, the built-in model.
 swaps_model() {
@@ -143,7 +144,7 @@ chmod -R a+rX "$work/prometheus"
 scrapes_server() {
   local query="http://127.0.0.1:$prometheus_port/api/v1/query?query=xray_server_model_ready%7Bjob%3D%22xray-serving%22%7D"
   for _ in $(seq 1 60); do
-    curl -fsS "$query" 2>/dev/null | grep -q '"value":\[[0-9.]*,"1"\]' && return 0
+    curl -fsS "$query" 2>/dev/null | grep '"value":\[[0-9.]*,"1"\]' >/dev/null && return 0
     sleep 1
   done
   echo "Prometheus never saw xray_server_model_ready == 1:"; "$DOCKER" logs --tail 20 "$prometheus"; return 1
@@ -176,7 +177,7 @@ for i in 1 2 3 4; do
 done
 in_flight() {
   for _ in $(seq 1 200); do
-    curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -Eq '^xray_server_queue_depth(\{[^}]*\})? [1-9]' && return 0
+    curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -E '^xray_server_queue_depth(\{[^}]*\})? [1-9]' >/dev/null && return 0
     sleep 0.05
   done
   return 1

@@ -69,6 +69,9 @@ public sealed class XRayMetrics : IDisposable
     private readonly Counter<long> _imagesClassified;
 
     private volatile ServedModel? _model;
+    // Models this process served before a swap: model_info reports them as 0, so that the exporter, which keeps
+    // every series it has seen, does not go on showing them as served.
+    private volatile KeyValuePair<string, object?>[][] _replacedModels = [];
     private volatile bool _ready;
 
     public XRayMetrics(IMeterFactory meterFactory)
@@ -127,6 +130,11 @@ public sealed class XRayMetrics : IDisposable
     /// <summary>The model is loaded and has a batcher: the gauges follow it from now on.</summary>
     public void ModelLoaded(ServedModel model)
     {
+        if (_model is { } previous)
+        {
+            KeyValuePair<string, object?>[] served = ModelInfoTags(model);
+            _replacedModels = [.. _replacedModels.Append(ModelInfoTags(previous)).DistinctBy(Describe).Where(tags => Describe(tags) != Describe(served))];
+        }
         _model = model;
         foreach (string reason in RejectionReasons.All)
         {
@@ -218,16 +226,19 @@ public sealed class XRayMetrics : IDisposable
         {
             return [];
         }
-        return
-        [
-            new Measurement<int>(1,
-                new KeyValuePair<string, object?>(ModelTag, model.Manifest.Name),
-                new KeyValuePair<string, object?>("xray.model.version", model.Manifest.Version),
-                new KeyValuePair<string, object?>("xray.model.architecture", model.Manifest.Architecture),
-                new KeyValuePair<string, object?>("xray.model.device", model.Backend.Device),
-                new KeyValuePair<string, object?>("xray.model.precision", model.Backend.Precision)),
-        ];
+        return [new Measurement<int>(1, ModelInfoTags(model)), .. _replacedModels.Select(tags => new Measurement<int>(0, tags))];
     }
+
+    private static KeyValuePair<string, object?>[] ModelInfoTags(ServedModel model) =>
+    [
+        new(ModelTag, model.Manifest.Name),
+        new("xray.model.version", model.Manifest.Version),
+        new("xray.model.architecture", model.Manifest.Architecture),
+        new("xray.model.device", model.Backend.Device),
+        new("xray.model.precision", model.Backend.Precision),
+    ];
+
+    private static string Describe(KeyValuePair<string, object?>[] tags) => string.Join(",", tags.Select(tag => $"{tag.Key}={tag.Value}"));
 
     public void Dispose() => _meter.Dispose();
 
