@@ -27,7 +27,7 @@ started=$SECONDS
 
 cleanup() {
   stop_engine
-  rm -rf "$work"
+  rm -rf "$work" || echo "warning: could not remove $work"
 }
 trap cleanup EXIT
 

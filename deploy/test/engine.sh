@@ -45,6 +45,10 @@ stop_engine() {
   kill -KILL "$dockerd_pid" 2>/dev/null || true
   wait "$dockerd_pid" 2>/dev/null || true
   dockerd_pid=""
+  # dockerd leaves its network namespace (exec-root/netns/default) mounted: unmount whatever remains under $work.
+  awk -v root="$work/" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r | while read -r mount; do
+    umount "$mount" 2>/dev/null || umount -l "$mount" 2>/dev/null || true
+  done
 }
 
 # xray-test/bookworm: Debian 12 minbase from debootstrap (cached as a tarball between runs on one machine).
