@@ -15,6 +15,10 @@ public sealed record ServedModel(
     IReadOnlyList<float> Thresholds)
 {
     public ModelManifest Manifest => Backend.Manifest;
+
+    /// <summary>What the model gauges read: this model's labels and its batcher's live counts.</summary>
+    public ModelGaugeSource Gauges => new(Manifest.Name, Manifest.Version, Manifest.Architecture, Backend.Device, Backend.Precision,
+        () => Batcher.QueuedItems, Batcher.Options.MaxQueueSize, () => Batcher.RunningBatches);
 }
 
 /// <summary>
@@ -59,7 +63,7 @@ public sealed partial class ModelHost(
         try
         {
             _current = await CreateAsync(modelOptions.Value, cancellationToken).ConfigureAwait(false);
-            metrics.ModelLoaded(_current);
+            metrics.ModelLoaded(_current.Gauges);
             if (_stopping.IsCancellationRequested)
             {
                 return;
@@ -143,7 +147,7 @@ public sealed partial class ModelHost(
                 throw new ModelSwapException(ModelSwapException.Failure.NotServing, "The server is shutting down.");
             }
             ServedModel previous = Interlocked.Exchange(ref _current, loaded)!;
-            metrics.ModelLoaded(loaded);
+            metrics.ModelLoaded(loaded.Gauges);
             LogSwapped(logger, previous.Manifest.Name, previous.Manifest.Version, loaded.Manifest.Name, loaded.Manifest.Version);
             lock (_retiring)
             {
