@@ -22,6 +22,7 @@ public static class ServingExtensions
         ["--model-instances"] = "Batching:ModelInstances",
         ["--grpc-url"] = "Kestrel:Endpoints:Grpc:Url",
         ["--metrics-url"] = "Kestrel:Endpoints:Metrics:Url",
+        ["--admin-url"] = "Kestrel:Endpoints:Admin:Url",
     };
 
     public static IServiceCollection AddXrayServing(this IServiceCollection services, IConfiguration configuration)
@@ -44,6 +45,7 @@ public static class ServingExtensions
         services.AddSingleton<IModelBackendFactory, TorchModelBackendFactory>();
         services.AddSingleton<ModelHost>();
         services.AddXrayTelemetry(configuration);
+        services.AddXrayAdminEndpoint(configuration);
         services.AddHostedService(provider => provider.GetRequiredService<ModelHost>());
         return services;
     }
@@ -53,6 +55,7 @@ public static class ServingExtensions
         // The Classifier through its transport bounds and precise marshallers; health stays open for probes.
         var classifier = endpoints.MapGrpcService<ClassifierEndpoint>();
         endpoints.MapGrpcService<HealthServiceImpl>().AllowAnonymous();
+        endpoints.MapGrpcService<ModelAdminService>();
         endpoints.MapXraySecurity(classifier);
 
         // Plain HTTP probes for orchestrators that do not speak gRPC health (served on the HTTP/1.1 endpoint).

@@ -24,6 +24,7 @@ public static class XRayServerApp
         app.UseXraySecurity();
         app.UseGrpcFrameGuard();
         app.UseXrayMetricsEndpoint();
+        app.UseXrayAdminEndpoint();
         app.MapXrayServing();
         return app;
     }
