@@ -58,10 +58,10 @@ export class XRayClient {
     this.maxAttempts = Math.max(1, options.maxAttempts ?? 4);
     this.initialBackoffMs = options.initialBackoffMs ?? 100;
     const maxBytes = options.maxMessageBytes ?? 64 * 1024 * 1024;
-    const tls = tlsOptions(options);
-    if (tls && this.addresses.some((address) => !address.startsWith("https://"))) {
+    if ((options.caPath || options.certPath) && this.addresses.some((address) => !address.startsWith("https://"))) {
       throw new Error("A CA or client certificate needs https:// server addresses.");
     }
+    const tls = tlsOptions(options);
     const interceptors = credentials(options);
     this.clients = this.addresses.map((baseUrl) =>
       createClient(
