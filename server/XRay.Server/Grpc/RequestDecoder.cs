@@ -10,22 +10,49 @@ public sealed class InvalidRequestException(string message) : Exception(message)
 /// <summary>Turns a <see cref="ClassifyRequest"/> into normalised CHW images, one array per image.</summary>
 internal static class RequestDecoder
 {
-    public static float[][] Decode(ClassifyRequest request, ImagePreprocessor preprocessor, int maxImages)
+    /// <summary>
+    /// How many images the request holds, from its fields alone (no pixel is read): the room it needs in the queue,
+    /// taken before decoding. A malformed tensor counts as 1; <see cref="DecodeAsync"/> then says what is wrong.
+    /// </summary>
+    public static int CountImages(ClassifyRequest request, int maxImages)
+    {
+        long count = request.InputCase switch
+        {
+            ClassifyRequest.InputOneofCase.Tensor => request.Tensor.Shape.Count == 4 ? Math.Max(1, request.Tensor.Shape[0]) : 1,
+            ClassifyRequest.InputOneofCase.Encoded => request.Encoded.Images.Count,
+            _ => throw NoInput(),
+        };
+        if (count == 0)
+        {
+            throw EmptyEncoded();
+        }
+        CheckCount(count, maxImages);
+        return (int)count;
+    }
+
+    /// <summary>Decodes every image; encoded ones one at a time, each on the <paramref name="pool"/>.</summary>
+    public static async Task<float[][]> DecodeAsync(ClassifyRequest request, ImagePreprocessor preprocessor, int maxImages,
+        DecodePool pool, CancellationToken cancellationToken)
     {
         return request.InputCase switch
         {
             ClassifyRequest.InputOneofCase.Tensor => DecodeTensor(request.Tensor, preprocessor, maxImages),
-            ClassifyRequest.InputOneofCase.Encoded => DecodeEncoded(request.Encoded, preprocessor, maxImages),
-            _ => throw new InvalidRequestException("The request has no input: set tensor or encoded."),
+            ClassifyRequest.InputOneofCase.Encoded => await DecodeEncodedAsync(request.Encoded, preprocessor, maxImages, pool, cancellationToken).ConfigureAwait(false),
+            _ => throw NoInput(),
         };
     }
 
-    private static float[][] DecodeEncoded(EncodedImages encoded, ImagePreprocessor preprocessor, int maxImages)
+    private static InvalidRequestException NoInput() => new("The request has no input: set tensor or encoded.");
+
+    private static InvalidRequestException EmptyEncoded() => new("encoded.images is empty: send at least one PNG or JPEG image.");
+
+    private static async Task<float[][]> DecodeEncodedAsync(EncodedImages encoded, ImagePreprocessor preprocessor, int maxImages,
+        DecodePool pool, CancellationToken cancellationToken)
     {
         int count = encoded.Images.Count;
         if (count == 0)
         {
-            throw new InvalidRequestException("encoded.images is empty: send at least one PNG or JPEG image.");
+            throw EmptyEncoded();
         }
         CheckCount(count, maxImages);
 
@@ -35,7 +62,7 @@ internal static class RequestDecoder
             images[i] = new float[preprocessor.OutputLength];
             try
             {
-                preprocessor.Decode(encoded.Images[i].Span, images[i]);
+                await pool.DecodeAsync(preprocessor, encoded.Images[i].Memory, images[i], cancellationToken).ConfigureAwait(false);
             }
             catch (InvalidImageException ex)
             {

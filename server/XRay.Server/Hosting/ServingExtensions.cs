@@ -20,6 +20,8 @@ public static class ServingExtensions
         ["--max-queue-delay-us"] = "Batching:MaxQueueDelayMicroseconds",
         ["--max-queue-size"] = "Batching:MaxQueueSize",
         ["--model-instances"] = "Batching:ModelInstances",
+        ["--max-pixels"] = "Decoding:MaxPixels",
+        ["--max-concurrent-decodes"] = "Decoding:MaxConcurrentDecodes",
         ["--grpc-url"] = "Kestrel:Endpoints:Grpc:Url",
         ["--metrics-url"] = "Kestrel:Endpoints:Metrics:Url",
     };
@@ -34,6 +36,9 @@ public static class ServingExtensions
             .ValidateOnStart();
         services.AddOptions<ServingOptions>().Bind(configuration.GetSection(ServingOptions.SectionName))
             .ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<DecodingOptions>().Bind(configuration.GetSection(DecodingOptions.SectionName))
+            .ValidateDataAnnotations().ValidateOnStart();
+        services.AddSingleton<DecodePool>();
 
         services.AddGrpc();
         services.AddOptions<global::Grpc.AspNetCore.Server.GrpcServiceOptions>()

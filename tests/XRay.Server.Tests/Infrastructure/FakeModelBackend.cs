@@ -11,6 +11,7 @@ namespace XRay.Server.Tests.Infrastructure;
 internal sealed class FakeModelBackend : IModelBackend
 {
     private readonly ConcurrentQueue<int> _batchSizes = new();
+    private readonly ConcurrentQueue<float[]> _batchInputs = new();
     private volatile TaskCompletionSource _gate = Open();
     private int _imagesComputed;
 
@@ -32,6 +33,9 @@ internal sealed class FakeModelBackend : IModelBackend
 
     /// <summary>Sizes of the batches started, in order.</summary>
     public IReadOnlyCollection<int> BatchSizes => _batchSizes;
+
+    /// <summary>The input of each batch started, in order: its images concatenated.</summary>
+    public IReadOnlyCollection<float[]> BatchInputs => _batchInputs;
 
     public int ImagesComputed => Volatile.Read(ref _imagesComputed);
 
@@ -59,6 +63,7 @@ internal sealed class FakeModelBackend : IModelBackend
     public async Task<float[]> RunAsync(float[] input, int batchSize, CancellationToken cancellationToken)
     {
         _batchSizes.Enqueue(batchSize);
+        _batchInputs.Enqueue(input);
         BatchStarted?.Invoke(batchSize);
         await _gate.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
         if (Failure is { } failure) throw failure;
