@@ -35,6 +35,7 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
     private readonly Dictionary<object, CallerQueue> _callers = new();
     private readonly LinkedList<CallerQueue> _turns = new();
     private int _queuedItems;
+    private long _batchesStarted;
     // Room held by reservations not yet used: counts against MaxQueueSize like queued items.
     private int _reservedItems;
     private int _runningBatches;
@@ -76,6 +77,12 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
     public int RunningBatches
     {
         get { lock (_lock) { return _runningBatches; } }
+    }
+
+    /// <summary>Batches handed to the handler since construction: whether anything ran since the last look.</summary>
+    public long BatchesStarted
+    {
+        get { lock (_lock) { return _batchesStarted; } }
     }
 
     /// <summary>Room held by reservations not yet used or released (e.g. images being decoded).</summary>
@@ -437,6 +444,7 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
 
         _queuedItems -= size;
         _runningBatches++;
+        _batchesStarted++;
         AssertInvariantsLocked();
         return new Batch(inputs, segments, startedAt);
     }

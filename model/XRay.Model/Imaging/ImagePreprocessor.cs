@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Runtime.InteropServices;
 using SkiaSharp;
 using XRay.Model.Imaging;
@@ -69,7 +68,7 @@ public sealed class ImagePreprocessor
         }
         finally
         {
-            ArrayPool<float>.Shared.Return(gray);
+            PixelBuffers.Return(gray);
         }
     }
 
@@ -193,14 +192,14 @@ public sealed class ImagePreprocessor
             float[]? rented = null;
             try
             {
-                var (w, h) = Gray16PngDecoder.Decode(encoded, maxPixels, n => rented = ArrayPool<float>.Shared.Rent(n));
+                var (w, h) = Gray16PngDecoder.Decode(encoded, maxPixels, n => rented = PixelBuffers.Rent<float>(n));
                 return (rented!, w, h);
             }
             catch
             {
                 if (rented is not null)
                 {
-                    ArrayPool<float>.Shared.Return(rented);
+                    PixelBuffers.Return(rented);
                 }
 
                 throw;
@@ -228,7 +227,7 @@ public sealed class ImagePreprocessor
         var width = size.Width;
         var height = size.Height;
         var rowBytes = decodeInfo.RowBytes;
-        var pixels = ArrayPool<byte>.Shared.Rent(checked(rowBytes * height));
+        var pixels = PixelBuffers.Rent<byte>(checked(rowBytes * height));
         try
         {
             var handle = GCHandle.Alloc(pixels, GCHandleType.Pinned);
@@ -248,7 +247,7 @@ public sealed class ImagePreprocessor
                 throw new InvalidImageException($"The {format} image ({width} x {height}) is {why}: decoding ended with {result}.");
             }
 
-            var gray = ArrayPool<float>.Shared.Rent(width * height);
+            var gray = PixelBuffers.Rent<float>(width * height);
             for (var y = 0; y < height; y++)
             {
                 LumaRow(pixels.AsSpan(y * rowBytes, rowBytes), colorType, gray.AsSpan(y * width, width));
@@ -258,7 +257,7 @@ public sealed class ImagePreprocessor
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(pixels);
+            PixelBuffers.Return(pixels);
         }
     }
 
@@ -322,7 +321,7 @@ public sealed class ImagePreprocessor
         var transposed = origin is SKEncodedOrigin.LeftTop or SKEncodedOrigin.RightTop
             or SKEncodedOrigin.RightBottom or SKEncodedOrigin.LeftBottom;
         var (outWidth, outHeight) = transposed ? (height, width) : (width, height);
-        var oriented = ArrayPool<float>.Shared.Rent(width * height);
+        var oriented = PixelBuffers.Rent<float>(width * height);
         for (var y = 0; y < outHeight; y++)
         {
             for (var x = 0; x < outWidth; x++)
@@ -343,7 +342,7 @@ public sealed class ImagePreprocessor
             }
         }
 
-        ArrayPool<float>.Shared.Return(stored);
+        PixelBuffers.Return(stored);
         return (oriented, outWidth, outHeight);
     }
 }

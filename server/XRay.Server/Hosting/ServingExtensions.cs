@@ -39,6 +39,8 @@ public static class ServingExtensions
         services.AddOptions<DecodingOptions>().Bind(configuration.GetSection(DecodingOptions.SectionName))
             .ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<DecodePool>();
+        services.AddOptions<MemoryOptions>().Bind(configuration.GetSection(MemoryOptions.SectionName))
+            .ValidateDataAnnotations().ValidateOnStart();
 
         services.AddGrpc();
         services.AddOptions<global::Grpc.AspNetCore.Server.GrpcServiceOptions>()
@@ -51,6 +53,7 @@ public static class ServingExtensions
         services.AddSingleton<ModelHost>();
         services.AddXrayTelemetry(configuration);
         services.AddHostedService(provider => provider.GetRequiredService<ModelHost>());
+        services.AddHostedService<IdleMemoryRelease>();
         return services;
     }
 
