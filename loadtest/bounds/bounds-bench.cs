@@ -12,7 +12,8 @@
 //   soak      a mixed load at --load x capacity for --minutes: RSS over time
 // Options: --server PATH (xray-server apphost; default the Release build), --server-arg ARG (repeatable),
 //          --seconds N, --callers N, --png WxH, --images N, --factor X, --max-queue-size N, --minutes N, --load X,
-//          --in-flight N.
+//          --in-flight N, --capacity-seconds N (decode: measure throughput before the burst).
+// The server inherits this process's environment: MALLOC_CONF=... compares jemalloc settings.
 // Exit codes: 0 done, 2 bad arguments, 3 the server did not start.
 #:project ../../clients/XRay.Client/XRay.Client.csproj
 #:package SkiaSharp
@@ -75,6 +76,7 @@ sealed class BenchOptions
     public double Minutes { get; private set; } = 10;
     public double Load { get; private set; } = 0.7;
     public int InFlight { get; private set; } = 256;
+    public double CapacitySeconds { get; private set; }
 
     public static BenchOptions? Parse(string[] args)
     {
@@ -109,6 +111,7 @@ sealed class BenchOptions
                 case "--minutes": o.Minutes = double.Parse(value, CultureInfo.InvariantCulture); break;
                 case "--load": o.Load = double.Parse(value, CultureInfo.InvariantCulture); break;
                 case "--in-flight": o.InFlight = int.Parse(value, CultureInfo.InvariantCulture); break;
+                case "--capacity-seconds": o.CapacitySeconds = double.Parse(value, CultureInfo.InvariantCulture); break;
                 default:
                     Console.Error.WriteLine($"error: unknown option {name}");
                     return null;
@@ -123,6 +126,12 @@ static class Scenarios
     public static async Task<int> DecodeAsync(BenchOptions o)
     {
         await using var server = await Server.StartAsync(o, []);
+        if (o.CapacitySeconds > 0)
+        {
+            using var pool = new ChannelPool(server.Address, 4);
+            double capacity = await MeasureCapacityAsync(pool, TimeSpan.FromSeconds(o.CapacitySeconds), concurrency: 32);
+            Console.WriteLine($"decode: capacity before the burst {capacity:F1} img/s (1-image tensors, 32 callers)");
+        }
         byte[] png = Payloads.LargePng(o.Png.Width, o.Png.Height);
         var big = Payloads.Encoded(Enumerable.Repeat(png, o.Images));
         using var probeChannel = Server.Channel(server.Address);
@@ -195,10 +204,15 @@ static class Scenarios
         await Task.WhenAll(calls);
         double seconds = clock.Elapsed.TotalSeconds;
         double goodput = outcomes.Ok / seconds;
+        // The machine is shared: capacity measured on both sides of the overload, and their mean used.
+        double capacityAfter = await MeasureCapacityAsync(pool, TimeSpan.FromSeconds(o.Seconds / 2), concurrency: o.MaxQueueSize);
+        Console.WriteLine($"  capacity before {capacity:F1}, after {capacityAfter:F1} img/s");
+        capacity = (capacity + capacityAfter) / 2;
         Console.WriteLine($"  offered {n / duration.TotalSeconds:F1} req/s; {outcomes}");
         Console.WriteLine($"  goodput {goodput:F1} img/s = {goodput / capacity:P1} of capacity");
         Console.WriteLine($"  admitted latency: {outcomes.OkLatency.Summary()}");
         Console.WriteLine($"  rejection latency: {outcomes.RejectedLatency.Summary()}");
+        Console.WriteLine($"  server-side handler time of rejections: {await server.RejectionHandlerTimesAsync()}");
         return 0;
     }
 
@@ -424,11 +438,15 @@ sealed class Outcomes
         catch (RpcException ex)
         {
             // Refused before the request was taken: the server's own statuses, or no connection at all.
-            bool notSent = ex.StatusCode == StatusCode.Unavailable && ex.Status.DebugException is HttpRequestException { InnerException: SocketException };
+            bool notSent = ex.StatusCode == StatusCode.Unavailable
+                && ex.Status.DebugException is SocketException or HttpRequestException { InnerException: SocketException };
             bool refused = ex.StatusCode is StatusCode.ResourceExhausted or StatusCode.InvalidArgument or StatusCode.DeadlineExceeded
                 || (ex.StatusCode == StatusCode.Unavailable && ex.Status.DebugException is null);
             if (refused) RejectedLatency.Add(Stopwatch.GetElapsedTime(started));
-            if (!refused && !notSent) Interlocked.Increment(ref _lost);
+            if (!refused && !notSent && Interlocked.Increment(ref _lost) <= 3)
+            {
+                Console.WriteLine($"  lost: {ex.StatusCode} {ex.Status.Detail} {ex.Status.DebugException?.GetType().Name}: {ex.Status.DebugException?.Message}");
+            }
             Count(notSent ? "not sent (connection refused)" : refused ? ex.StatusCode.ToString() : $"LOST {ex.StatusCode}");
             return ex.StatusCode;
         }
@@ -510,10 +528,30 @@ sealed class Server : IAsyncDisposable
 {
     private readonly List<string> _log = [];
 
-    private Server(Process process, string address)
+    private Server(Process process, string address, string metricsAddress)
     {
         Process = process;
         Address = address;
+        MetricsAddress = metricsAddress;
+    }
+
+    public string MetricsAddress { get; }
+
+    /// <summary>
+    /// From the server's own request-duration histogram (Prometheus /metrics): how many RESOURCE_EXHAUSTED answers
+    /// took at most 0.5 ms and 1 ms in the handler. The client-side latency adds the machine's scheduling delays.
+    /// </summary>
+    public async Task<string> RejectionHandlerTimesAsync()
+    {
+        using var http = new HttpClient();
+        string text = await http.GetStringAsync($"{MetricsAddress}/metrics");
+        double Sum(string suffix, string? le) => text.Split('\n')
+            .Where(l => l.StartsWith("xray_server_request_duration_seconds" + suffix, StringComparison.Ordinal)
+                && l.Contains("RESOURCE_EXHAUSTED", StringComparison.Ordinal)
+                && (le is null || l.Contains($"le=\"{le}\"", StringComparison.Ordinal)))
+            .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
+        double count = Sum("_count", null);
+        return count == 0 ? "none" : $"{count:F0} rejections, {Sum("_bucket", "0.0005") / count:P1} within 0.5 ms, {Sum("_bucket", "0.001") / count:P1} within 1 ms";
     }
 
     public Process Process { get; }
@@ -526,13 +564,14 @@ sealed class Server : IAsyncDisposable
     {
         if (!File.Exists(o.Server)) throw new ArgumentException($"no server binary at {o.Server}: build it (dotnet build server/XRay.Server -c Release) or pass --server");
         string address = $"http://127.0.0.1:{FreePort()}";
+        string metrics = $"http://127.0.0.1:{FreePort()}";
         var start = new ProcessStartInfo(o.Server) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string a in (string[])[.. o.ServerArgs, .. extra, "--grpc-url", address, "--metrics-url", $"http://127.0.0.1:{FreePort()}"])
+        foreach (string a in (string[])[.. o.ServerArgs, .. extra, "--grpc-url", address, "--metrics-url", metrics])
         {
             start.ArgumentList.Add(a);
         }
         var process = Process.Start(start) ?? throw new ServerStartException($"could not start {o.Server}");
-        var server = new Server(process, address);
+        var server = new Server(process, address, metrics);
         process.OutputDataReceived += (_, e) => server.Keep(e.Data);
         process.ErrorDataReceived += (_, e) => server.Keep(e.Data);
         process.BeginOutputReadLine();
