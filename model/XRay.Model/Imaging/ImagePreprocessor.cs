@@ -47,24 +47,38 @@ public sealed class ImagePreprocessor
     /// <summary>
     /// PNG (8 or 16 bits; grayscale, grayscale+alpha, RGB, RGBA, palette) or JPEG, any size up to
     /// <paramref name="maxPixels"/> (width x height read from the header, refused before any pixel memory is allocated):
-    /// to luma (BT.601 weights; alpha ignored; 16-bit grayscale at full precision, other
-    /// 16-bit PNGs reduced to 8 bits by Skia), EXIF orientation applied, shorter side
-    /// resized to <c>ResizeSize</c> (antialiased bilinear; a JPEG is first decoded at the smallest DCT scale, 1/8 to 8/8,
-    /// that keeps its shorter side at least <c>ResizeSize</c>, which costs far less memory and time), centre-cropped, scaled to [0, 1], replicated to three
-    /// channels (unless the spec is 1-channel) and normalised. No colour management: stored values are used as they are.
+    /// to luma (BT.601 weights; alpha ignored; 16-bit grayscale at full precision, other 16-bit PNGs reduced to 8 bits
+    /// by Skia), EXIF orientation applied, shorter side resized to <c>ResizeSize</c> (antialiased bilinear; a JPEG is
+    /// first decoded at the smallest DCT scale, 1/8 to 8/8, that keeps its shorter side at least <c>ResizeSize</c>,
+    /// which costs far less memory and time), centre-cropped, scaled to [0, 1], replicated to three channels (unless
+    /// the spec is 1-channel) and normalised. No colour management: stored values are used as they are.
     /// </summary>
     /// <exception cref="InvalidImageException">The bytes are not a decodable PNG or JPEG, or the image is too large.</exception>
     public void Decode(ReadOnlySpan<byte> encoded, Span<float> destination, long maxPixels = MaxPixels)
     {
         CheckDestination(destination);
+        var plane = destination[.._planeLength];
+        DecodeToLuma(encoded, plane, maxPixels);
+        NormalizeReplicated(plane, destination);
+    }
+
+    /// <summary>
+    /// The stage of <see cref="Decode"/> before normalisation: one luma plane in [0, 1], <c>CropSize x CropSize</c>
+    /// (decoded, oriented, resized, centre-cropped). Training augments this before normalising.
+    /// </summary>
+    /// <exception cref="InvalidImageException">The bytes are not a decodable PNG or JPEG, or the image is too large.</exception>
+    public void DecodeToLuma(ReadOnlySpan<byte> encoded, Span<float> plane, long maxPixels = MaxPixels)
+    {
+        if (plane.Length != _planeLength)
+        {
+            throw new ArgumentException($"The luma plane holds {plane.Length} values; CropSize x CropSize is {_planeLength}.", nameof(plane));
+        }
         ArgumentOutOfRangeException.ThrowIfLessThan(maxPixels, 1);
         var (gray, width, height) = DecodeLuma(encoded, Math.Min(maxPixels, MaxPixels), Spec.ResizeSize);
         try
         {
-            var plane = destination[.._planeLength];
             Resampler.ResizeShorterSideAndCenterCrop(
                 gray.AsSpan(0, width * height), width, height, Spec.ResizeSize, _cropSize, plane);
-            NormalizeReplicated(plane, destination);
         }
         finally
         {

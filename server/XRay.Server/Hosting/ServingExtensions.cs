@@ -31,9 +31,8 @@ public static class ServingExtensions
         services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.SectionName))
             .ValidateDataAnnotations().ValidateOnStart();
         services.AddOptions<BatchingOptions>().Bind(configuration.GetSection(BatchingOptions.SectionName))
-            .ValidateDataAnnotations()
-            .Validate(options => Validates(options.Validate), "Batching options are inconsistent (MaxQueueSize must be >= MaxBatchSize).")
             .ValidateOnStart();
+        services.AddSingleton<IValidateOptions<BatchingOptions>, BatchingOptionsValidator>();
         services.AddOptions<ServingOptions>().Bind(configuration.GetSection(ServingOptions.SectionName))
             .ValidateDataAnnotations().ValidateOnStart();
         services.AddOptions<DecodingOptions>().Bind(configuration.GetSection(DecodingOptions.SectionName))
@@ -70,16 +69,10 @@ public static class ServingExtensions
         return endpoints;
     }
 
-    private static bool Validates(Action validate)
+    /// <summary>Batching options checked once, by their own range check, reporting its message (option, value, range).</summary>
+    private sealed class BatchingOptionsValidator : IValidateOptions<BatchingOptions>
     {
-        try
-        {
-            validate();
-            return true;
-        }
-        catch (ArgumentException)
-        {
-            return false;
-        }
+        public ValidateOptionsResult Validate(string? name, BatchingOptions options) =>
+            options.Problem is { } problem ? ValidateOptionsResult.Fail(problem) : ValidateOptionsResult.Success;
     }
 }
