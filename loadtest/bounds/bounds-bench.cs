@@ -192,18 +192,21 @@ static class Scenarios
         var duration = TimeSpan.FromSeconds(o.Seconds);
         var calls = new List<Task>();
         var clock = Stopwatch.StartNew();
+        // Goodput counts answers from the first quarter (the queue has filled by then) to the last arrival.
+        var settled = duration / 4;
+        int? okAtSettled = null;
         int n = 0;
         while (clock.Elapsed < duration)
         {
+            if (clock.Elapsed >= settled) okAtSettled ??= outcomes.Ok;
             var due = TimeSpan.FromSeconds(n / rate);
             if (due > clock.Elapsed) await Task.Delay(due - clock.Elapsed);
             var client = pool.Next();
             int seed = n++;
             calls.Add(outcomes.CallAsync(() => client.ClassifyAsync(Payloads.Tensor(seed)).ResponseAsync));
         }
+        double goodput = (outcomes.Ok - (okAtSettled ?? 0)) / (clock.Elapsed - settled).TotalSeconds;
         await Task.WhenAll(calls);
-        double seconds = clock.Elapsed.TotalSeconds;
-        double goodput = outcomes.Ok / seconds;
         // The machine is shared: capacity measured on both sides of the overload, and their mean used.
         double capacityAfter = await MeasureCapacityAsync(pool, TimeSpan.FromSeconds(o.Seconds / 2), concurrency: o.MaxQueueSize);
         Console.WriteLine($"  capacity before {capacity:F1}, after {capacityAfter:F1} img/s");
