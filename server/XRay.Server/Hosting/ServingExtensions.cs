@@ -24,6 +24,7 @@ public static class ServingExtensions
         ["--max-concurrent-decodes"] = "Decoding:MaxConcurrentDecodes",
         ["--grpc-url"] = "Kestrel:Endpoints:Grpc:Url",
         ["--metrics-url"] = "Kestrel:Endpoints:Metrics:Url",
+        ["--admin-url"] = "Kestrel:Endpoints:Admin:Url",
     };
 
     public static IServiceCollection AddXrayServing(this IServiceCollection services, IConfiguration configuration)
@@ -51,6 +52,7 @@ public static class ServingExtensions
         services.AddSingleton<IModelBackendFactory, TorchModelBackendFactory>();
         services.AddSingleton<ModelHost>();
         services.AddXrayTelemetry(configuration);
+        services.AddXrayAdminEndpoint(configuration);
         services.AddHostedService(provider => provider.GetRequiredService<ModelHost>());
         services.AddHostedService<IdleMemoryRelease>();
         return services;
@@ -60,6 +62,7 @@ public static class ServingExtensions
     {
         endpoints.MapGrpcService<ClassifierService>();
         endpoints.MapGrpcService<HealthServiceImpl>();
+        endpoints.MapGrpcService<ModelAdminService>();
         endpoints.MapGrpcReflectionService();
 
         // Plain HTTP probes for orchestrators that do not speak gRPC health (served on the HTTP/1.1 endpoint).

@@ -28,6 +28,14 @@ public sealed class ModelOptions
     [RegularExpression("^(powers-of-two|all|none)$", ErrorMessage = "Model:Warmup must be powers-of-two, all or none.")]
     public string Warmup { get; set; } = "powers-of-two";
 
+    /// <summary>These settings with another checkpoint (a model swap keeps device, precision and warm-up).</summary>
+    public ModelOptions WithPath(string? path)
+    {
+        var copy = (ModelOptions)MemberwiseClone();
+        copy.Path = path;
+        return copy;
+    }
+
     public IReadOnlyList<int> WarmupBatchSizes(int maxBatchSize) => Warmup switch
     {
         "none" => [],
