@@ -120,7 +120,7 @@ public sealed partial class ClassifierService(
         // The span of this request: the RPC's, or the stream message's. The batches that run its images link to it.
         Activity? span = Activity.Current;
         span?.SetTag(XRayTracing.RequestIdTag, request.RequestId);
-        float[][] images = RequestDecoder.Decode(request, model.Preprocessor, batchingOptions.Value.MaxQueueSize);
+        float[][] images = RequestDecoder.Decode(request, model.Preprocessor, batchingOptions.Value.MaxQueueSize, model.Buffers);
         span?.SetTag(XRayTracing.ImagesTag, images.Length);
         DateTimeOffset? deadline = context.Deadline == DateTime.MaxValue ? null : new DateTimeOffset(context.Deadline);
 
@@ -230,6 +230,7 @@ internal static class ModelInfoFactory
             Name = manifest.Name,
             Version = manifest.Version,
             Architecture = manifest.Architecture,
+            Runtime = model.Backend.Runtime,
             Device = model.Backend.Device,
             Precision = model.Backend.Precision,
             Description = manifest.Description,

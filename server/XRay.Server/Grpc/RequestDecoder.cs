@@ -1,26 +1,33 @@
 using System.Runtime.InteropServices;
 using XRay.Contracts.V1;
 using XRay.Model;
+using XRay.Server.Model;
 
 namespace XRay.Server.Grpc;
 
 /// <summary>A request the server cannot classify; the message says exactly what is wrong.</summary>
 public sealed class InvalidRequestException(string message) : Exception(message);
 
-/// <summary>Turns a <see cref="ClassifyRequest"/> into normalised CHW images, one array per image.</summary>
+/// <summary>
+/// Turns a <see cref="ClassifyRequest"/> into normalised CHW images, one array per image, rented from
+/// <paramref name="buffers"/> when given (they go back once batched) or else allocated.
+/// </summary>
 internal static class RequestDecoder
 {
-    public static float[][] Decode(ClassifyRequest request, ImagePreprocessor preprocessor, int maxImages)
+    public static float[][] Decode(ClassifyRequest request, ImagePreprocessor preprocessor, int maxImages, ImageBuffers? buffers = null)
     {
+        Func<float[]> newImage = buffers is not null && buffers.ImageLength == preprocessor.OutputLength
+            ? buffers.RentImage
+            : () => new float[preprocessor.OutputLength];
         return request.InputCase switch
         {
-            ClassifyRequest.InputOneofCase.Tensor => DecodeTensor(request.Tensor, preprocessor, maxImages),
-            ClassifyRequest.InputOneofCase.Encoded => DecodeEncoded(request.Encoded, preprocessor, maxImages),
+            ClassifyRequest.InputOneofCase.Tensor => DecodeTensor(request.Tensor, preprocessor, maxImages, newImage),
+            ClassifyRequest.InputOneofCase.Encoded => DecodeEncoded(request.Encoded, preprocessor, maxImages, newImage),
             _ => throw new InvalidRequestException("The request has no input: set tensor or encoded."),
         };
     }
 
-    private static float[][] DecodeEncoded(EncodedImages encoded, ImagePreprocessor preprocessor, int maxImages)
+    private static float[][] DecodeEncoded(EncodedImages encoded, ImagePreprocessor preprocessor, int maxImages, Func<float[]> newImage)
     {
         int count = encoded.Images.Count;
         if (count == 0)
@@ -32,7 +39,7 @@ internal static class RequestDecoder
         var images = new float[count][];
         for (int i = 0; i < count; i++)
         {
-            images[i] = new float[preprocessor.OutputLength];
+            images[i] = newImage();
             try
             {
                 preprocessor.Decode(encoded.Images[i].Span, images[i]);
@@ -45,7 +52,7 @@ internal static class RequestDecoder
         return images;
     }
 
-    private static float[][] DecodeTensor(Tensor tensor, ImagePreprocessor preprocessor, int maxImages)
+    private static float[][] DecodeTensor(Tensor tensor, ImagePreprocessor preprocessor, int maxImages, Func<float[]> newImage)
     {
         int size = preprocessor.Spec.CropSize;
         var shape = tensor.Shape;
@@ -89,7 +96,7 @@ internal static class RequestDecoder
         var images = new float[count][];
         for (int i = 0; i < count; i++)
         {
-            images[i] = new float[preprocessor.OutputLength];
+            images[i] = newImage();
             ReadOnlySpan<byte> bytes = data.Slice(i * imageElements * elementSize, imageElements * elementSize);
             if (tensor.Dtype == DataType.Uint8)
             {

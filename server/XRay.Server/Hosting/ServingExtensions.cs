@@ -13,6 +13,7 @@ public static class ServingExtensions
     public static readonly IReadOnlyDictionary<string, string> SwitchMappings = new Dictionary<string, string>
     {
         ["--model"] = "Model:Path",
+        ["--runtime"] = "Model:Runtime",
         ["--device"] = "Model:Device",
         ["--precision"] = "Model:Precision",
         ["--warmup"] = "Model:Warmup",
@@ -27,7 +28,9 @@ public static class ServingExtensions
     public static IServiceCollection AddXrayServing(this IServiceCollection services, IConfiguration configuration)
     {
         services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.SectionName))
-            .ValidateDataAnnotations().ValidateOnStart();
+            .ValidateDataAnnotations()
+            .Validate(options => Validates(() => options.ResolveRuntime()), "Model:Precision bf16 is not available with Model:Runtime onnxruntime (it runs fp32); use torch or auto.")
+            .ValidateOnStart();
         services.AddOptions<BatchingOptions>().Bind(configuration.GetSection(BatchingOptions.SectionName))
             .ValidateDataAnnotations()
             .Validate(options => Validates(options.Validate), "Batching options are inconsistent (MaxQueueSize must be >= MaxBatchSize).")
@@ -42,7 +45,7 @@ public static class ServingExtensions
 
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<HealthServiceImpl>();
-        services.AddSingleton<IModelBackendFactory, TorchModelBackendFactory>();
+        services.AddSingleton<IModelBackendFactory, ModelBackendFactory>();
         services.AddSingleton<ModelHost>();
         services.AddXrayTelemetry(configuration);
         services.AddHostedService(provider => provider.GetRequiredService<ModelHost>());

@@ -7,10 +7,11 @@ using XRay.Server.Telemetry;
 
 namespace XRay.Server.Model;
 
-/// <summary>The model as served: backend, preprocessing and the batcher in front of it.</summary>
+/// <summary>The model as served: backend, preprocessing, the buffers images are decoded into and the batcher in front of it.</summary>
 public sealed record ServedModel(
     IModelBackend Backend,
     ImagePreprocessor Preprocessor,
+    ImageBuffers Buffers,
     DynamicBatcher<QueuedImage, float[]> Batcher,
     IReadOnlyList<float> Thresholds)
 {
@@ -61,7 +62,7 @@ public sealed partial class ModelHost(
             long started = timeProvider.GetTimestamp();
             IModelBackend backend = factory.Create(options, batching.ModelInstances);
             ModelManifest manifest = backend.Manifest;
-            LogLoaded(logger, manifest.Name, manifest.Version, manifest.Architecture, backend.Device, backend.Precision,
+            LogLoaded(logger, manifest.Name, manifest.Version, manifest.Architecture, backend.Runtime, backend.Device, backend.Precision,
                 timeProvider.GetElapsedTime(started).TotalSeconds);
 
             IReadOnlyList<int> sizes = options.WarmupBatchSizes(batching.MaxBatchSize);
@@ -69,8 +70,9 @@ public sealed partial class ModelHost(
             await backend.WarmUpAsync(sizes, cancellationToken).ConfigureAwait(false);
             LogWarmedUp(logger, string.Join(",", sizes), timeProvider.GetElapsedTime(started).TotalSeconds);
 
-            var batcher = new DynamicBatcher<QueuedImage, float[]>(new ImageBatchHandler(backend), batching, timeProvider, metrics.BatcherObserver);
-            _current = new ServedModel(backend, new ImagePreprocessor(manifest.Preprocessing), batcher, manifest.EffectiveThresholds);
+            var buffers = new ImageBuffers(manifest.Preprocessing.OutputLength, batching.MaxBatchSize, batching.ModelInstances);
+            var batcher = new DynamicBatcher<QueuedImage, float[]>(new ImageBatchHandler(backend, buffers), batching, timeProvider, metrics.BatcherObserver);
+            _current = new ServedModel(backend, new ImagePreprocessor(manifest.Preprocessing), buffers, batcher, manifest.EffectiveThresholds);
             metrics.ModelLoaded(_current);
             if (_stopping.IsCancellationRequested)
             {
@@ -153,8 +155,8 @@ public sealed partial class ModelHost(
     }
 
     [LoggerMessage(EventId = 1, Level = LogLevel.Information,
-        Message = "Loaded model {Name} {Version} ({Architecture}) on {Device} in {Precision} in {Seconds:F1} s")]
-    private static partial void LogLoaded(ILogger logger, string name, string version, string architecture, string device, string precision, double seconds);
+        Message = "Loaded model {Name} {Version} ({Architecture}) on {Runtime} {Device} in {Precision} in {Seconds:F1} s")]
+    private static partial void LogLoaded(ILogger logger, string name, string version, string architecture, string runtime, string device, string precision, double seconds);
 
     [LoggerMessage(EventId = 2, Level = LogLevel.Information, Message = "Warmed up batch sizes {BatchSizes} in {Seconds:F1} s; serving")]
     private static partial void LogWarmedUp(ILogger logger, string batchSizes, double seconds);

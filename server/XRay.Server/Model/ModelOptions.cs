@@ -13,6 +13,18 @@ public sealed class ModelOptions
     /// </summary>
     public string? Path { get; set; }
 
+    public const string Torch = "torch";
+    public const string OnnxRuntime = "onnxruntime";
+
+    /// <summary>
+    /// Execution runtime: <c>torch</c> (TorchSharp/libtorch; fp32 and bf16, CUDA where its CUDA package is installed),
+    /// <c>onnxruntime</c> (ONNX Runtime on the checkpoint exported to ONNX at load time; fp32; CUDA in the
+    /// <c>-p:OnnxRuntimeGpu=true</c> build) or <c>auto</c> (default: onnxruntime for fp32, torch for bf16: ONNX Runtime
+    /// measured about twice TorchSharp's fp32 throughput on CPU). Command line: <c>--runtime</c>.
+    /// </summary>
+    [RegularExpression("^(auto|torch|onnxruntime)$", ErrorMessage = "Model:Runtime must be auto, torch or onnxruntime.")]
+    public string Runtime { get; set; } = "auto";
+
     /// <summary><c>auto</c> (default: cuda when available, else cpu), <c>cpu</c> or <c>cuda</c>. Command line: <c>--device</c>.</summary>
     [RegularExpression("^(auto|cpu|cuda)$", ErrorMessage = "Model:Device must be auto, cpu or cuda.")]
     public string Device { get; set; } = "auto";
@@ -27,6 +39,17 @@ public sealed class ModelOptions
     /// </summary>
     [RegularExpression("^(powers-of-two|all|none)$", ErrorMessage = "Model:Warmup must be powers-of-two, all or none.")]
     public string Warmup { get; set; } = "powers-of-two";
+
+    /// <summary><see cref="Torch"/> or <see cref="OnnxRuntime"/>: <see cref="Runtime"/> with <c>auto</c> resolved.</summary>
+    /// <exception cref="ArgumentException">bf16 asked of ONNX Runtime.</exception>
+    public string ResolveRuntime() => (Runtime, Precision) switch
+    {
+        ("auto", "bf16") => Torch,
+        ("auto", _) => OnnxRuntime,
+        (OnnxRuntime, "bf16") => throw new ArgumentException(
+            "Model:Precision bf16 is not available with Model:Runtime onnxruntime (it runs fp32); use Model:Runtime torch or auto for bf16."),
+        _ => Runtime,
+    };
 
     public IReadOnlyList<int> WarmupBatchSizes(int maxBatchSize) => Warmup switch
     {

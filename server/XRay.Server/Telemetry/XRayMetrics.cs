@@ -114,7 +114,7 @@ public sealed class XRayMetrics : IDisposable
         _meter.CreateObservableGauge(ActiveBatchesName, ObserveActiveBatches, unit: "{batch}",
             description: "Batches running on the model now (at most Batching:ModelInstances).");
         _meter.CreateObservableGauge(ModelInfoName, ObserveModelInfo,
-            description: "1 for the served model, with its name, version, architecture, device and precision as labels.");
+            description: "1 for the served model, with its name, version, architecture, runtime, device and precision as labels.");
         _meter.CreateObservableGauge(ModelReadyName, () => _ready ? 1 : 0,
             description: "1 while the model is loaded and the server reports SERVING; 0 while loading, warming up or shutting down.");
 
@@ -224,6 +224,7 @@ public sealed class XRayMetrics : IDisposable
                 new KeyValuePair<string, object?>(ModelTag, model.Manifest.Name),
                 new KeyValuePair<string, object?>("xray.model.version", model.Manifest.Version),
                 new KeyValuePair<string, object?>("xray.model.architecture", model.Manifest.Architecture),
+                new KeyValuePair<string, object?>("xray.model.runtime", model.Backend.Runtime),
                 new KeyValuePair<string, object?>("xray.model.device", model.Backend.Device),
                 new KeyValuePair<string, object?>("xray.model.precision", model.Backend.Precision)),
         ];

@@ -27,6 +27,7 @@ internal sealed class FakeModelBackend : IModelBackend
     }
 
     public ModelManifest Manifest { get; }
+    public string Runtime => "fake";
     public string Device => "cpu";
     public string Precision => "fp32";
 
@@ -56,7 +57,7 @@ internal sealed class FakeModelBackend : IModelBackend
         return logits;
     }
 
-    public async Task<float[]> RunAsync(float[] input, int batchSize, CancellationToken cancellationToken)
+    public async Task RunAsync(ReadOnlyMemory<float> input, int batchSize, Memory<float> logits, CancellationToken cancellationToken)
     {
         _batchSizes.Enqueue(batchSize);
         BatchStarted?.Invoke(batchSize);
@@ -64,13 +65,11 @@ internal sealed class FakeModelBackend : IModelBackend
         if (Failure is { } failure) throw failure;
 
         Interlocked.Add(ref _imagesComputed, batchSize);
-        int classes = Manifest.ClassNames.Count, length = input.Length / batchSize;
-        var logits = new float[batchSize * classes];
+        int classes = Manifest.ClassNames.Count, length = Manifest.Preprocessing.OutputLength;
         for (int i = 0; i < batchSize; i++)
         {
-            ExpectedLogits(input.AsSpan(i * length, length), classes).CopyTo(logits, i * classes);
+            ExpectedLogits(input.Span.Slice(i * length, length), classes).CopyTo(logits.Span[(i * classes)..]);
         }
-        return logits;
     }
 
     public Task WarmUpAsync(IEnumerable<int> batchSizes, CancellationToken cancellationToken) => Task.CompletedTask;
