@@ -157,6 +157,7 @@ public sealed class OnnxRuntimeRunner : IInferenceRunner
             EnableCpuMemArena = options.CpuMemoryArena,
             LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR,
         };
+        sessionOptions.AddSessionConfigEntry("session.intra_op.allow_spinning", options.AllowSpinning ? "1" : "0");
         try
         {
             if (Device == "cuda")
