@@ -64,19 +64,15 @@ public sealed class OnnxRuntimeRunner : IInferenceRunner
             ? options.IntraOpThreads
             : Math.Max(1, Environment.ProcessorCount / options.Workers);
 
-        _sessions = new InferenceSession[options.Workers];
         try
         {
-            for (var i = 0; i < _sessions.Length; i++)
-            {
-                using var sessionOptions = CreateSessionOptions(options);
-                _sessions[i] = new InferenceSession(onnx, sessionOptions);
-            }
+            _sessions = CreateSessions(onnx, options);
         }
-        catch
+        catch (ArgumentException) when (Device == "cuda" && IsAuto(options.Device))
         {
-            DisposeSessions();
-            throw;
+            // auto: the GPU package lists its CUDA provider even where no GPU or CUDA runtime is; fall back to the CPU.
+            Device = "cpu";
+            _sessions = CreateSessions(onnx, options);
         }
 
         var inputs = _sessions[0].InputMetadata;
@@ -99,7 +95,7 @@ public sealed class OnnxRuntimeRunner : IInferenceRunner
     public string Runtime => "onnxruntime";
 
     /// <summary><c>cpu</c> or <c>cuda</c>.</summary>
-    public string Device { get; }
+    public string Device { get; private set; }
 
     /// <summary><c>fp32</c>.</summary>
     public string Precision { get; }
@@ -130,6 +126,39 @@ public sealed class OnnxRuntimeRunner : IInferenceRunner
         DisposeSessions();
         _runOptions.Dispose();
         _session.Dispose();
+    }
+
+    private static bool IsAuto(string? device) => string.Equals(device?.Trim(), "auto", StringComparison.OrdinalIgnoreCase);
+
+    private InferenceSession[] CreateSessions(byte[] onnx, RunnerOptions options)
+    {
+        var sessions = new InferenceSession[options.Workers];
+        try
+        {
+            for (var i = 0; i < sessions.Length; i++)
+            {
+                using var sessionOptions = CreateSessionOptions(options);
+                try
+                {
+                    sessions[i] = new InferenceSession(onnx, sessionOptions);
+                }
+                catch (OnnxRuntimeException e) when (Device == "cuda")
+                {
+                    throw new ArgumentException($"ONNX Runtime could not start its CUDA execution provider: {e.Message}", nameof(options), e);
+                }
+            }
+
+            return sessions;
+        }
+        catch
+        {
+            foreach (var session in sessions)
+            {
+                session?.Dispose();
+            }
+
+            throw;
+        }
     }
 
     private static string ResolveDevice(string? device) => (device ?? "").Trim().ToLowerInvariant() switch
