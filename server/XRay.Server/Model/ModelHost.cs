@@ -68,10 +68,19 @@ public sealed partial class ModelHost(
             IReadOnlyList<int> sizes = options.WarmupBatchSizes(batching.MaxBatchSize);
             started = timeProvider.GetTimestamp();
             await backend.WarmUpAsync(sizes, cancellationToken).ConfigureAwait(false);
+            PreferredBatchSizes? preferred = null;
+            if (options.Warmup == ModelOptions.WarmupMeasure)
+            {
+                preferred = await BatchSizeProfiler.LearnAsync(backend, batching.MaxBatchSize, timeProvider, cancellationToken).ConfigureAwait(false);
+                LogPreferredSizes(logger, string.Join(",", preferred.Sizes));
+            }
             LogWarmedUp(logger, string.Join(",", sizes), timeProvider.GetElapsedTime(started).TotalSeconds);
 
             var buffers = new ImageBuffers(manifest.Preprocessing.OutputLength, batching.MaxBatchSize, batching.ModelInstances);
-            var batcher = new DynamicBatcher<QueuedImage, float[]>(new ImageBatchHandler(backend, buffers), batching, timeProvider, metrics.BatcherObserver);
+            var batcher = new DynamicBatcher<QueuedImage, float[]>(new ImageBatchHandler(backend, buffers), batching, timeProvider, metrics.BatcherObserver)
+            {
+                PreferredBatchSizes = preferred,
+            };
             _current = new ServedModel(backend, new ImagePreprocessor(manifest.Preprocessing), buffers, batcher, manifest.EffectiveThresholds);
             metrics.ModelLoaded(_current);
             if (_stopping.IsCancellationRequested)
@@ -160,6 +169,9 @@ public sealed partial class ModelHost(
 
     [LoggerMessage(EventId = 2, Level = LogLevel.Information, Message = "Warmed up batch sizes {BatchSizes} in {Seconds:F1} s; serving")]
     private static partial void LogWarmedUp(ILogger logger, string batchSizes, double seconds);
+
+    [LoggerMessage(EventId = 6, Level = LogLevel.Information, Message = "Measured every batch size; the batcher prefers {BatchSizes} (the others run slower per image than a smaller size)")]
+    private static partial void LogPreferredSizes(ILogger logger, string batchSizes);
 
     [LoggerMessage(EventId = 3, Level = LogLevel.Critical, Message = "The model failed to load; the server stops")]
     private static partial void LogLoadFailed(ILogger logger, Exception exception);
