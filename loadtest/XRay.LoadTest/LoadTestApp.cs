@@ -9,7 +9,6 @@ using XRay.LoadTest.Load;
 using XRay.LoadTest.Payloads;
 using XRay.LoadTest.Reports;
 using XRay.LoadTest.Statistics;
-using XRay.Model;
 
 namespace XRay.LoadTest;
 
@@ -60,7 +59,7 @@ public static class LoadTestApp
     private static Command BenchCommand(string[] args, TextWriter output, TextWriter error, bool interactive)
     {
         var model = new Option<string?>("--model") { Description = "Checkpoint folder (default: the server's built-in default model)." };
-        var architecture = new Option<string?>("--architecture") { Description = $"Benchmark an untrained network of this architecture ({string.Join(", ", Architectures.Names)}) instead of a checkpoint." };
+        var architecture = new Option<string?>("--architecture") { Description = "Benchmark an untrained network of this architecture (small_cnn, resnet18, resnet50, densenet121, ...) instead of a checkpoint." };
         var device = new Option<string>("--device") { Description = "auto, cpu or cuda, for the raw run and the servers.", DefaultValueFactory = _ => "auto" };
         var precision = new Option<string>("--precision") { Description = "fp32 or bf16.", DefaultValueFactory = _ => "fp32" };
         var rawSizes = new Option<string>("--raw-batch-sizes") { Description = "Raw batch sizes to measure.", DefaultValueFactory = _ => "1,2,4,8,16,32" };
@@ -68,14 +67,15 @@ public static class LoadTestApp
         var rawIterations = new Option<int>("--raw-iterations") { Description = "Forwards per raw batch size, at least.", DefaultValueFactory = _ => 3 };
         var maxBatch = new Option<int>("--max-batch-size") { Description = "MaxBatchSize of the batched server started.", DefaultValueFactory = _ => 32 };
         var probe = new Option<double>("--probe-seconds") { Description = "One-caller latency probe on the unbatched server, seconds (0 skips it).", DefaultValueFactory = _ => 5 };
-        var serverPath = new Option<string?>("--server-path") { Description = "xray-server binary to start (default: the one built beside this tool)." };
+        var serverPath = new Option<string?>("--server-path") { Description = "xray-server binary to start (default: the one built in this repository)." };
+        var trainPath = new Option<string?>("--train-path") { Description = "xray-train binary that measures the raw model (default: the one built in this repository)." };
         var serverArgs = new Option<string[]>("--server-arg") { Description = "Extra argument for the servers started (repeat it), e.g. --server-arg=--max-queue-delay-us=2000.", AllowMultipleArgumentsPerToken = false };
         var unbatchedTarget = new Option<string?>("--unbatched-target") { Description = "A running server with MaxBatchSize=1 to use instead of starting one." };
         var batchedTarget = new Option<string?>("--batched-target") { Description = "A running batching server to use instead of starting one." };
         var targetsOnly = new Option<bool>("--targets-only") { Description = "Measure only the servers given as targets; start none." };
-        var bench = new Command("bench", "In one run: the raw model per batch size in-process, the server unbatched (MaxBatchSize=1) and batched, same load; with ratios.")
+        var bench = new Command("bench", "In one run: the raw model per batch size (xray-train raw-benchmark), the server unbatched (MaxBatchSize=1) and batched, same load; with ratios.")
         {
-            model, architecture, device, precision, rawSizes, rawSeconds, rawIterations, maxBatch, probe, serverPath, serverArgs, unbatchedTarget, batchedTarget, targetsOnly,
+            model, architecture, device, precision, rawSizes, rawSeconds, rawIterations, maxBatch, probe, serverPath, trainPath, serverArgs, unbatchedTarget, batchedTarget, targetsOnly,
         };
         var o = new SharedOptions(concurrencyDefault: 32, durationDefault: 15, warmupDefault: 5);
         o.AddTo(bench, withTarget: false);
@@ -96,6 +96,7 @@ public static class LoadTestApp
                 ProbeDuration = TimeSpan.FromSeconds(result.GetValue(probe)),
                 Payload = o.Payload(result),
                 ServerPath = result.GetValue(serverPath),
+                TrainPath = result.GetValue(trainPath),
                 ServerArguments = result.GetValue(serverArgs) ?? [],
                 UnbatchedTarget = result.GetValue(unbatchedTarget),
                 BatchedTarget = result.GetValue(batchedTarget),
@@ -166,15 +167,7 @@ public static class LoadTestApp
         {
             info = await client.GetModelInfoAsync(cancellationToken);
         }
-        var preprocessing = new PreprocessingSpec
-        {
-            ResizeSize = info.Preprocessing.ResizeSize,
-            CropSize = info.Preprocessing.CropSize,
-            Mean = [.. info.Preprocessing.Mean],
-            Std = [.. info.Preprocessing.Std],
-            Color = info.Preprocessing.Color,
-        };
-        return (info, PayloadPool.Create(spec, preprocessing));
+        return (info, PayloadPool.Create(spec, info.Preprocessing));
     }
 
     private static ServedModelInfo Describe(ModelInfo info) => new()

@@ -23,6 +23,7 @@ public static class TrainApp
             ModelIoCommands.ExportOnnx(output, error),
             ModelIoCommands.Synth(output, error),
             BenchmarkCommand.Create(output, error),
+            RawBenchmarkCommand.Create(output, error),
         };
         return root.Parse(args).InvokeAsync(new InvocationConfiguration { Output = output, Error = error });
     }

@@ -1,5 +1,3 @@
-using System.ComponentModel.DataAnnotations;
-
 namespace XRay.Batching;
 
 /// <summary>
@@ -24,7 +22,6 @@ public sealed class BatchingOptions
     /// Most images handed to the model in one batch (Triton <c>max_batch_size</c>). A request with more images
     /// is split across batches. Range 1–4096; default <see cref="DefaultMaxBatchSize"/> (32).
     /// </summary>
-    [Range(1, MaxBatchSizeLimit)]
     public int MaxBatchSize { get; set; } = DefaultMaxBatchSize;
 
     /// <summary>
@@ -33,7 +30,6 @@ public sealed class BatchingOptions
     /// waits: an idle model starts at once and batches form only from what queues while it is busy.
     /// Range 0–10,000,000 (10 s); default <see cref="DefaultMaxQueueDelayMicroseconds"/> (0).
     /// </summary>
-    [Range(0, MaxQueueDelayLimit)]
     public long MaxQueueDelayMicroseconds { get; set; } = DefaultMaxQueueDelayMicroseconds;
 
     /// <summary>
@@ -41,14 +37,12 @@ public sealed class BatchingOptions
     /// once. Must be at least <see cref="MaxBatchSize"/>. Range 1–1,000,000; default
     /// <see cref="DefaultMaxQueueSize"/> (1024).
     /// </summary>
-    [Range(1, MaxQueueSizeLimit)]
     public int MaxQueueSize { get; set; } = DefaultMaxQueueSize;
 
     /// <summary>
     /// How many batches may run at once, one per model instance (Triton <c>instance_group.count</c>).
     /// Range 1–64; default <see cref="DefaultModelInstances"/> (1).
     /// </summary>
-    [Range(1, ModelInstancesLimit)]
     public int ModelInstances { get; set; } = DefaultModelInstances;
 
     /// <summary><see cref="MaxQueueDelayMicroseconds"/> as a <see cref="TimeSpan"/>.</summary>
@@ -57,27 +51,28 @@ public sealed class BatchingOptions
     /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first option out of range.</summary>
     public void Validate()
     {
-        CheckRange(nameof(MaxBatchSize), MaxBatchSize, 1, MaxBatchSizeLimit);
-        CheckRange(nameof(MaxQueueDelayMicroseconds), MaxQueueDelayMicroseconds, 0, MaxQueueDelayLimit);
-        CheckRange(nameof(MaxQueueSize), MaxQueueSize, 1, MaxQueueSizeLimit);
-        CheckRange(nameof(ModelInstances), ModelInstances, 1, ModelInstancesLimit);
-        if (MaxQueueSize < MaxBatchSize)
-        {
-            // A full batch could never queue up, and a MaxBatchSize request would always be rejected.
-            throw new ArgumentOutOfRangeException(nameof(MaxQueueSize), MaxQueueSize,
-                $"{SectionName}:{nameof(MaxQueueSize)} is {MaxQueueSize}; it must be at least " +
-                $"{SectionName}:{nameof(MaxBatchSize)} ({MaxBatchSize}).");
-        }
+        if (FirstProblem() is { } problem) throw new ArgumentOutOfRangeException(problem.Option, problem.Value, problem.Message);
     }
 
-    private static void CheckRange(string name, long value, long min, long max)
-    {
-        if (value < min || value > max)
-        {
-            throw new ArgumentOutOfRangeException(name, value,
-                $"{SectionName}:{name} is {value}; it must be between {min} and {max}.");
-        }
-    }
+    /// <summary>
+    /// What is wrong with these options, e.g. "Batching:MaxBatchSize is 0; it must be between 1 and 4096.", or null
+    /// when they are valid. The one range check: <see cref="Validate"/> and the server's start-up validation use it.
+    /// </summary>
+    public string? Problem => FirstProblem()?.Message;
+
+    private (string Option, long Value, string Message)? FirstProblem() =>
+        OutOfRange(nameof(MaxBatchSize), MaxBatchSize, 1, MaxBatchSizeLimit)
+        ?? OutOfRange(nameof(MaxQueueDelayMicroseconds), MaxQueueDelayMicroseconds, 0, MaxQueueDelayLimit)
+        ?? OutOfRange(nameof(MaxQueueSize), MaxQueueSize, 1, MaxQueueSizeLimit)
+        ?? OutOfRange(nameof(ModelInstances), ModelInstances, 1, ModelInstancesLimit)
+        // A full batch could never queue up, and a MaxBatchSize request would always be rejected.
+        ?? (MaxQueueSize < MaxBatchSize
+            ? (nameof(MaxQueueSize), MaxQueueSize, $"{SectionName}:{nameof(MaxQueueSize)} is {MaxQueueSize}; it must be at least " +
+                $"{SectionName}:{nameof(MaxBatchSize)} ({MaxBatchSize}).")
+            : null);
+
+    private static (string, long, string)? OutOfRange(string name, long value, long min, long max) =>
+        value < min || value > max ? (name, value, $"{SectionName}:{name} is {value}; it must be between {min} and {max}.") : null;
 
     internal BatchingOptions Clone() => (BatchingOptions)MemberwiseClone();
 }

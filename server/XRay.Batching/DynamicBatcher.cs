@@ -110,17 +110,7 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
 
         // Armed before admission so that an admitted request always has its hooks. A callback that fires before
         // admission answers the request; admission then skips it and disposes the hooks, both stored by then.
-        if (deadline is { } d && d - now <= MaxTimerDueTime)
-        {
-            request.DeadlineTimer = _timeProvider.CreateTimer(static s => ((Request)s!).Batcher.OnDeadline((Request)s),
-                                                              request, d - now, Timeout.InfiniteTimeSpan);
-        }
-
-        if (cancellationToken.CanBeCanceled)
-        {
-            request.Registration = cancellationToken.UnsafeRegister(
-                static s => ((Request)s!).Batcher.OnCancelled((Request)s), request);
-        }
+        request.ArmHooks(deadline, now, _timeProvider);
 
         bool answeredByCallback;
         string? rejection = null;
@@ -556,14 +546,29 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
         public bool Done { get; set; }
         public int Undispatched => Items.Count - Dispatched;
 
-        public ITimer? DeadlineTimer { get; set; }
-        public CancellationTokenRegistration Registration { get; set; }
+        private ITimer? _deadlineTimer;
+        private CancellationTokenRegistration _registration;
+
+        /// <summary>The deadline timer (unless the deadline is beyond any timer's reach) and the cancellation callback.</summary>
+        public void ArmHooks(DateTimeOffset? deadline, DateTimeOffset now, TimeProvider timeProvider)
+        {
+            if (deadline is { } due && due - now <= MaxTimerDueTime)
+            {
+                _deadlineTimer = timeProvider.CreateTimer(static s => ((Request)s!).Batcher.OnDeadline((Request)s),
+                                                          this, due - now, Timeout.InfiniteTimeSpan);
+            }
+
+            if (CancellationToken.CanBeCanceled)
+            {
+                _registration = CancellationToken.UnsafeRegister(static s => ((Request)s!).Batcher.OnCancelled((Request)s), this);
+            }
+        }
 
         // Never under the batcher's lock: disposing a registration waits for its running callback, which takes it.
         public void DisposeHooks()
         {
-            DeadlineTimer?.Dispose();
-            Registration.Dispose();
+            _deadlineTimer?.Dispose();
+            _registration.Dispose();
         }
     }
 

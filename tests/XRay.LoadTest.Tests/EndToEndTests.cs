@@ -3,7 +3,6 @@ using System.Text.Json;
 using XRay.Client;
 using XRay.LoadTest.Load;
 using XRay.LoadTest.Payloads;
-using XRay.Model;
 using XRay.Server.Tests.Infrastructure;
 
 namespace XRay.LoadTest.Tests;
@@ -77,7 +76,7 @@ public sealed class EndToEndTests
 
         // 120 expected; a Poisson count has standard deviation sqrt(120) = 11.
         Assert.InRange(result.Requests.Sent, 85, 155);
-        Assert.Equal(result.Requests.Sent, result.Requests.Ok);
+        Assert.True(result.Requests.Sent == result.Requests.Ok, $"{result.Requests.Ok} of {result.Requests.Sent} OK; status codes: {string.Join(", ", result.StatusCodes)}");
         Assert.Equal("stream", result.Api);
     }
 
@@ -266,6 +265,41 @@ public sealed class EndToEndTests
         }
     }
 
+    [Fact]
+    public void PayloadPool_Files_BecomeGrayscaleTensorsAtCropSizeWithTheModelsNormalisation()
+    {
+        string directory = Directory.CreateTempSubdirectory("xray-payload").FullName;
+        try
+        {
+            string file = Path.Combine(directory, "chest.png");
+            File.WriteAllBytes(file, PayloadPool.GeneratePng(300, seed: 3));
+            var pre = DefaultPreprocessing();
+
+            var bytes = PayloadPool.Create(new PayloadSpec { Kind = PayloadKind.UInt8, Files = [file] }, pre).Next().Tensor;
+            var floats = PayloadPool.Create(new PayloadSpec { Kind = PayloadKind.Float32, Channels = 3, Files = [file] }, pre).Next().Tensor;
+
+            Assert.Equal([1L, 224, 224], bytes.Shape);
+            Assert.Equal([3L, 224, 224], floats.Shape);
+            byte[] luma = bytes.Data.ToByteArray();
+            float[] chw = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(floats.Data.Span).ToArray();
+            Assert.True(luma.Distinct().Count() > 50, "a radiograph-like image, not a flat plane");
+            for (int c = 0; c < 3; c++)
+            {
+                foreach (int i in new[] { 0, 224 * 112 + 112, 224 * 224 - 1 })
+                {
+                    Assert.Equal((luma[i] / 255f - pre.Mean[c]) / pre.Std[c], chw[c * 224 * 224 + i], 5);
+                }
+            }
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
     private static PayloadPool Pool(PayloadKind kind) =>
-        PayloadPool.Create(new PayloadSpec { Kind = kind, Variants = 3, PngSize = 256 }, new PreprocessingSpec());
+        PayloadPool.Create(new PayloadSpec { Kind = kind, Variants = 3, PngSize = 256 }, DefaultPreprocessing());
+
+    private static XRay.Contracts.V1.Preprocessing DefaultPreprocessing() =>
+        new() { ResizeSize = 224, CropSize = 224, Mean = { 0.485f, 0.456f, 0.406f }, Std = { 0.229f, 0.224f, 0.225f }, Color = "grayscale, replicated to 3 channels" };
 }

@@ -35,5 +35,5 @@ public sealed class GrpcErrorsTests
     [InlineData(StatusCode.Internal, "INTERNAL")]
     [InlineData(StatusCode.Unavailable, "UNAVAILABLE")]
     [InlineData(StatusCode.Unauthenticated, "UNAUTHENTICATED")]
-    public void StatusName_IsTheCanonicalGrpcName(StatusCode code, string name) => Assert.Equal(name, GrpcErrors.StatusName(code));
+    public void StatusName_IsTheCanonicalGrpcName(StatusCode code, string name) => Assert.Equal(name, XRayMetrics.StatusName(code));
 }

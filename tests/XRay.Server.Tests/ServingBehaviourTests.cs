@@ -187,7 +187,17 @@ public sealed class ServingBehaviourTests
         var error = await Record.ExceptionAsync(() => TestServer.StartAsync(new FakeModelBackendFactory(new FakeModelBackend()), settings: "--Batching:MaxBatchSize=0"));
 
         var validation = Assert.IsType<Microsoft.Extensions.Options.OptionsValidationException>(error);
-        Assert.Contains("MaxBatchSize", validation.Message);
+        Assert.Contains("Batching:MaxBatchSize is 0; it must be between 1 and 4096.", validation.Message);
+    }
+
+    [Fact]
+    public async Task Startup_QueueSmallerThanABatch_ReportsTheRealProblem()
+    {
+        var error = await Record.ExceptionAsync(() => TestServer.StartAsync(new FakeModelBackendFactory(new FakeModelBackend()),
+            settings: ["--Batching:MaxBatchSize=64", "--Batching:MaxQueueSize=16"]));
+
+        var validation = Assert.IsType<Microsoft.Extensions.Options.OptionsValidationException>(error);
+        Assert.Contains("Batching:MaxQueueSize is 16; it must be at least Batching:MaxBatchSize (64).", validation.Message);
     }
 
     private static float[] Normalised(int seed) => Normalise(Images.RandomPixels(Size * Size, seed));

@@ -2,7 +2,6 @@ using XRay.Client;
 using XRay.Contracts.V1;
 using XRay.LoadTest.Load;
 using XRay.LoadTest.Payloads;
-using XRay.Model;
 
 namespace XRay.LoadTest.Bench;
 
@@ -44,8 +43,11 @@ public sealed record BenchOptions
 
     public PayloadSpec Payload { get; init; } = new();
 
-    /// <summary>xray-server binary; null (default): the one built beside this tool.</summary>
+    /// <summary>xray-server binary; null (default): the one built in this repository.</summary>
     public string? ServerPath { get; init; }
+
+    /// <summary>xray-train binary, which measures the raw model (it carries libtorch; this tool does not); null (default): the one built in this repository.</summary>
+    public string? TrainPath { get; init; }
 
     /// <summary>More arguments for the servers started (e.g. --max-queue-delay-us 2000).</summary>
     public IReadOnlyList<string> ServerArguments { get; init; } = [];
@@ -76,51 +78,34 @@ public sealed class BenchRunner(BenchOptions benchOptions, IRunPresenter present
         if (options.Load.Mode != LoadMode.Closed) throw new ArgumentException("bench compares servers at the same concurrency: closed loop only.");
         options.Load.Validate();
         options.Payload.Validate();
-        if (options.Architecture is null || options.ModelPath is not null)
-        {
-            return await RunAsync(options, cancellationToken).ConfigureAwait(false);
-        }
-
-        string directory = Directory.CreateTempSubdirectory("xray-bench-model").FullName;
+        // An untrained network: xray-train saves it here first, and both servers load the same checkpoint.
+        string? randomModel = options.Architecture is not null && options.ModelPath is null
+            ? Directory.CreateTempSubdirectory("xray-bench-model").FullName
+            : null;
         try
         {
-            SaveRandomCheckpoint(options.Architecture, directory);
-            presenter.Log($"random-weight {options.Architecture} checkpoint in {directory}");
-            return await RunAsync(options with { ModelPath = directory }, cancellationToken).ConfigureAwait(false);
+            return await RunAsync(options, randomModel, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
-            Directory.Delete(directory, recursive: true);
+            if (randomModel is not null) Directory.Delete(randomModel, recursive: true);
         }
     }
 
-    /// <summary>An untrained network with the default preprocessing and the 14 NIH findings.</summary>
-    internal static void SaveRandomCheckpoint(string architecture, string directory)
+    private async Task<BenchResult> RunAsync(BenchOptions options, string? randomModel, CancellationToken cancellationToken)
     {
-        var manifest = new ModelManifest
-        {
-            Name = $"random-{architecture}",
-            Version = "0.0.0",
-            Architecture = architecture,
-            ClassNames = ChestXrayFindings.Nih14,
-            Preprocessing = Architectures.DefaultPreprocessing(architecture),
-            Description = "UNTRAINED: random weights, for benchmarking speed only.",
-        };
-        using var network = Architectures.Create(architecture, manifest.ClassNames.Count);
-        Checkpoint.Save(directory, manifest, network);
-    }
-
-    private async Task<BenchResult> RunAsync(BenchOptions options, CancellationToken cancellationToken)
-    {
-        // The raw model stays loaded (idle) while the servers run, to measure the batch sizes they used afterwards.
-        using LoadedModel model = string.IsNullOrEmpty(options.ModelPath) ? DefaultModel.Create() : Checkpoint.Load(options.ModelPath);
-        using var runner = new ModelRunner(model, new RunnerOptions { Device = options.Device, Precision = options.Precision, Workers = 1 });
-        ModelManifest manifest = model.Manifest;
+        string train = options.TrainPath ?? ToolProcess.FindBuilt(Path.Combine("model", "XRay.Train"), "xray-train")
+            ?? throw new InvalidOperationException("no xray-train binary found (it measures the raw model): build model/XRay.Train, or pass --train-path");
 
         // (a) Raw, first: nothing else is running yet.
-        presenter.Log($"(a) raw model in-process, batch sizes {string.Join(",", options.RawBatchSizes)} ...");
-        var raw = new List<RawPoint>(await RawModelBenchmark.RunAsync(runner, options.RawBatchSizes, options.RawSeconds, options.RawIterations, presenter.Log, cancellationToken).ConfigureAwait(false));
-        var payloads = PayloadPool.Create(options.Payload, manifest.Preprocessing);
+        presenter.Log($"(a) raw model ({train} raw-benchmark), batch sizes {string.Join(",", options.RawBatchSizes)} ...");
+        RawRun first = await RawModelBenchmark.RunAsync(train,
+            RawModelBenchmark.Arguments(options.ModelPath, randomModel is null ? null : options.Architecture, randomModel, options.Device, options.Precision,
+                options.RawBatchSizes, options.RawSeconds, options.RawIterations),
+            presenter.Log, cancellationToken).ConfigureAwait(false);
+        if (randomModel is not null) options = options with { ModelPath = randomModel };
+        var raw = new List<RawPoint>(first.Points);
+        var payloads = PayloadPool.Create(options.Payload, first.Preprocessing);
 
         // (b) and (c): the same load on each server.
         ServedPhase? unbatched = null, batched = null;
@@ -139,14 +124,17 @@ public sealed class BenchRunner(BenchOptions benchOptions, IRunPresenter present
         if (observed.Length > 0)
         {
             presenter.Log($"(a) raw model at the batch sizes the batched server ran: {string.Join(",", observed)} ...");
-            raw.AddRange(await RawModelBenchmark.RunAsync(runner, observed, Math.Max(1, options.RawSeconds / 2), options.RawIterations, presenter.Log, cancellationToken).ConfigureAwait(false));
+            RawRun more = await RawModelBenchmark.RunAsync(train,
+                RawModelBenchmark.Arguments(options.ModelPath, null, null, options.Device, options.Precision, observed, Math.Max(1, options.RawSeconds / 2), options.RawIterations),
+                presenter.Log, cancellationToken).ConfigureAwait(false);
+            raw.AddRange(more.Points);
             raw.Sort((a, b) => a.BatchSize.CompareTo(b.BatchSize));
         }
 
         return new BenchResult
         {
-            Model = new ModelSummary { Name = manifest.Name, Version = manifest.Version, Architecture = manifest.Architecture, Device = runner.Device, Precision = runner.Precision },
-            RawAllocator = XRay.Model.NativeAllocator.Describe(),
+            Model = first.Model,
+            RawAllocator = first.Allocator,
             Raw = raw,
             Unbatched = unbatched,
             Batched = batched,

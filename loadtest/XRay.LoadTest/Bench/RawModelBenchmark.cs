@@ -1,10 +1,11 @@
-using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using XRay.Contracts.V1;
 using XRay.LoadTest.Statistics;
-using XRay.Model;
 
 namespace XRay.LoadTest.Bench;
 
-/// <summary>One batch size of the raw model: forwards back to back, in this process, without gRPC or batcher.</summary>
+/// <summary>One batch size of the raw model: forwards back to back in one process, without gRPC or batcher.</summary>
 public sealed record RawPoint
 {
     public required int BatchSize { get; init; }
@@ -14,49 +15,75 @@ public sealed record RawPoint
     public required LatencySummary ForwardMs { get; init; }
 }
 
+/// <summary>What one raw run measured: the model as loaded, the allocator under it, its preprocessing, and the points.</summary>
+internal sealed record RawRun(ModelSummary Model, string Allocator, Preprocessing Preprocessing, IReadOnlyList<RawPoint> Points);
+
 /// <summary>
-/// The limit: the model's throughput at each batch size with nothing around it, through the same
-/// <see cref="ModelRunner"/> (one inference thread, inference mode) the server runs it with.
+/// The limit: the model's throughput at each batch size with nothing around it, through the same ModelRunner (one
+/// inference thread, inference mode) the server runs it with. Measured by <c>xray-train raw-benchmark</c> in a child
+/// process, so this tool needs no libtorch; its JSON carries every forward's time, summarised here.
 /// </summary>
 internal static class RawModelBenchmark
 {
-    /// <param name="minSeconds">Forwards continue until this long has passed at each batch size...</param>
-    /// <param name="minIterations">...and at least this many have run (after two warm-up forwards per size).</param>
-    public static async Task<IReadOnlyList<RawPoint>> RunAsync(ModelRunner runner, IReadOnlyList<int> batchSizes, double minSeconds,
-        int minIterations, Action<string>? log, CancellationToken cancellationToken)
+    private static readonly JsonSerializerOptions JsonOptions = new(JsonSerializerDefaults.Web) { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+
+    /// <summary>The xray-train arguments for one raw run.</summary>
+    /// <param name="modelPath">Checkpoint folder; null: the built-in default model (or <paramref name="architecture"/>).</param>
+    /// <param name="architecture">An untrained network of this architecture, saved to <paramref name="saveTo"/> first.</param>
+    public static string[] Arguments(string? modelPath, string? architecture, string? saveTo, string device, string precision,
+        IReadOnlyList<int> batchSizes, double minSeconds, int minIterations) =>
+    [
+        "raw-benchmark",
+        .. modelPath is null ? Array.Empty<string>() : ["--model", Path.GetFullPath(modelPath)],
+        .. architecture is null ? Array.Empty<string>() : ["--architecture", architecture, "--save-checkpoint", saveTo!],
+        "--device", device,
+        "--precision", precision,
+        "--batch-sizes", string.Join(',', batchSizes),
+        "--seconds", minSeconds.ToString(CultureInfo.InvariantCulture),
+        "--iterations", minIterations.ToString(CultureInfo.InvariantCulture),
+    ];
+
+    /// <summary>Runs xray-train with <paramref name="arguments"/>; its progress lines go to <paramref name="log"/>.</summary>
+    /// <exception cref="InvalidOperationException">It failed; the message has its last output.</exception>
+    public static async Task<RawRun> RunAsync(string trainPath, IReadOnlyList<string> arguments, Action<string>? log, CancellationToken cancellationToken)
     {
-        var points = new List<RawPoint>();
-        var random = new Random(1);
-        foreach (int batchSize in batchSizes)
+        string json = await ToolProcess.RunAsync(trainPath, arguments, log, cancellationToken).ConfigureAwait(false);
+        return Parse(json);
+    }
+
+    /// <summary>The raw-benchmark JSON as this tool's records: forward times summarised like every other latency.</summary>
+    internal static RawRun Parse(string json)
+    {
+        using JsonDocument document = JsonDocument.Parse(json);
+        JsonElement root = document.RootElement;
+        JsonElement pre = root.GetProperty("preprocessing");
+        var preprocessing = new Preprocessing
         {
-            var input = new float[batchSize * runner.InputLength];
-            for (int i = 0; i < input.Length; i++) input[i] = (float)(random.NextDouble() * 4 - 2);
-
-            // The first forward of a shape builds oneDNN primitives: not part of the steady state.
-            for (int i = 0; i < 2; i++) await runner.RunAsync(input, batchSize, cancellationToken).ConfigureAwait(false);
-
+            ResizeSize = pre.GetProperty("resize_size").GetInt32(),
+            CropSize = pre.GetProperty("crop_size").GetInt32(),
+            Color = pre.GetProperty("color").GetString() ?? "",
+        };
+        preprocessing.Mean.AddRange(pre.GetProperty("mean").EnumerateArray().Select(v => v.GetSingle()));
+        preprocessing.Std.AddRange(pre.GetProperty("std").EnumerateArray().Select(v => v.GetSingle()));
+        var points = new List<RawPoint>();
+        foreach (JsonElement point in root.GetProperty("points").EnumerateArray())
+        {
+            int batchSize = point.GetProperty("batch_size").GetInt32();
             var forwards = new LatencyRecorder();
-            long start = Stopwatch.GetTimestamp();
-            int iterations = 0;
-            while (iterations < minIterations || Stopwatch.GetElapsedTime(start).TotalSeconds < minSeconds)
-            {
-                long before = Stopwatch.GetTimestamp();
-                await runner.RunAsync(input, batchSize, cancellationToken).ConfigureAwait(false);
-                forwards.Record((long)Stopwatch.GetElapsedTime(before).TotalMicroseconds);
-                iterations++;
-            }
-            double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
-            var point = new RawPoint
+            foreach (JsonElement us in point.GetProperty("forward_us").EnumerateArray()) forwards.Record(us.GetInt64());
+            points.Add(new RawPoint
             {
                 BatchSize = batchSize,
-                Iterations = iterations,
-                ImagesPerS = Math.Round(batchSize * iterations / seconds, 2),
+                Iterations = (int)forwards.Count,
+                ImagesPerS = Math.Round(batchSize * forwards.Count / point.GetProperty("seconds").GetDouble(), 2),
                 ForwardMs = forwards.Summarize(),
-            };
-            log?.Invoke($"raw batch {batchSize,3}: {point.ImagesPerS,9:F1} img/s, forward p50 {point.ForwardMs.P50:F2} ms ({iterations} forwards)");
-            points.Add(point);
+            });
         }
-        return points;
+        return new RawRun(
+            root.GetProperty("model").Deserialize<ModelSummary>(JsonOptions) ?? throw new InvalidDataException("raw-benchmark output has no model."),
+            root.GetProperty("allocator").GetString() ?? "",
+            preprocessing,
+            points);
     }
 
     /// <summary>

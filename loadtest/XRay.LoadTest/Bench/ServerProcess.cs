@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
-using System.Reflection;
 using System.Runtime.InteropServices;
 using Grpc.Core;
 using Grpc.Health.V1;
@@ -51,17 +50,7 @@ internal sealed class ServerProcess : IAsyncDisposable
             "--grpc-url", address,
             "--metrics-url", $"http://127.0.0.1:{metricsPort}",
         ];
-        bool viaDotnet = serverPath.EndsWith(".dll", StringComparison.OrdinalIgnoreCase);
-        var start = new ProcessStartInfo(viaDotnet ? "dotnet" : serverPath)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        if (viaDotnet) start.ArgumentList.Add(serverPath);
-        foreach (string arg in args) start.ArgumentList.Add(arg);
-
-        var process = new Process { StartInfo = start, EnableRaisingEvents = true };
+        var process = new Process { StartInfo = ToolProcess.StartInfo(serverPath, args), EnableRaisingEvents = true };
         var server = new ServerProcess(process, address, string.Join(' ', args));
         process.OutputDataReceived += (_, e) => server.Keep(e.Data);
         process.ErrorDataReceived += (_, e) => server.Keep(e.Data);
@@ -156,28 +145,8 @@ internal sealed class ServerProcess : IAsyncDisposable
         }
     }
 
-    /// <summary>Default server binary: the xray-server built beside this tool, in the same configuration.</summary>
-    public static string? FindServerBinary()
-    {
-        string configuration = typeof(ServerProcess).Assembly.GetCustomAttribute<AssemblyConfigurationAttribute>()?.Configuration ?? "Release";
-        for (var directory = new DirectoryInfo(AppContext.BaseDirectory); directory is not null; directory = directory.Parent)
-        {
-            if (!File.Exists(Path.Combine(directory.FullName, "Serving.sln"))) continue;
-            string bin = Path.Combine(directory.FullName, "server", "XRay.Server", "bin");
-            foreach (string config in new[] { configuration, "Release", "Debug" }.Distinct())
-            {
-                foreach (string folder in new[] { Path.Combine(bin, config, "net10.0", RuntimeInformation.RuntimeIdentifier), Path.Combine(bin, config, "net10.0") })
-                {
-                    foreach (string candidate in new[] { Path.Combine(folder, "xray-server"), Path.Combine(folder, "xray-server.dll") })
-                    {
-                        if (File.Exists(candidate)) return candidate;
-                    }
-                }
-            }
-            return null;
-        }
-        return null;
-    }
+    /// <summary>Default server binary: the xray-server built in the repository above this tool, in the same configuration.</summary>
+    public static string? FindServerBinary() => ToolProcess.FindBuilt(Path.Combine("server", "XRay.Server"), "xray-server");
 
     private static int FreePort()
     {

@@ -2,7 +2,6 @@ using Google.Protobuf;
 using SkiaSharp;
 using XRay.Client;
 using XRay.Contracts.V1;
-using XRay.Model;
 
 namespace XRay.LoadTest.Payloads;
 
@@ -91,7 +90,7 @@ public sealed class PayloadPool
 
     /// <param name="preprocessing">The served model's preprocessing (from GetModelInfo): tensor sizes, and how files become tensors.</param>
     /// <exception cref="ArgumentException">Bad spec, no image among the files, or a file that does not decode.</exception>
-    public static PayloadPool Create(PayloadSpec spec, PreprocessingSpec preprocessing)
+    public static PayloadPool Create(PayloadSpec spec, Preprocessing preprocessing)
     {
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(preprocessing);
@@ -107,7 +106,6 @@ public sealed class PayloadPool
                 ? Enumerable.Range(0, spec.Variants).Select(i => GeneratePng(spec.PngSize, spec.Seed * 7919 + i)).ToArray()
                 : [];
         int variants = files.Length > 0 ? files.Length : spec.Variants;
-        var preprocessor = new ImagePreprocessor(preprocessing);
         var prototypes = new ClassifyRequest[variants];
         for (int v = 0; v < variants; v++)
         {
@@ -116,8 +114,8 @@ public sealed class PayloadPool
             prototypes[v] = spec.Kind switch
             {
                 PayloadKind.Png => Encoded(sources.Select(s => encoded[s])),
-                PayloadKind.Float32 => FloatTensor(spec, crop, sources.Select(s => encoded.Length > 0 ? Decode(preprocessor, encoded[s], files[s]) : RandomNormalised(random, 3 * crop * crop)).ToArray()),
-                PayloadKind.UInt8 => ByteTensor(spec, crop, sources.Select(s => encoded.Length > 0 ? ToBytes(Decode(preprocessor, encoded[s], files[s]), preprocessing) : RandomPixels(random, crop * crop)).ToArray()),
+                PayloadKind.Float32 => FloatTensor(spec, crop, sources.Select(s => encoded.Length > 0 ? Normalise(PayloadImages.Luma(encoded[s], files[s], preprocessing), preprocessing) : RandomNormalised(random, 3 * crop * crop)).ToArray()),
+                PayloadKind.UInt8 => ByteTensor(spec, crop, sources.Select(s => encoded.Length > 0 ? PayloadImages.Luma(encoded[s], files[s], preprocessing) : RandomPixels(random, crop * crop)).ToArray()),
                 _ => throw new ArgumentOutOfRangeException(nameof(spec), spec.Kind, null),
             };
         }
@@ -151,31 +149,17 @@ public sealed class PayloadPool
         return files.ToArray();
     }
 
-    private static float[] Decode(ImagePreprocessor preprocessor, byte[] bytes, string file)
+    /// <summary>The model's normalisation, (x / 255 - mean) / std, of one grayscale plane into 3 CHW planes.</summary>
+    private static float[] Normalise(byte[] luma, Preprocessing preprocessing)
     {
-        var chw = new float[preprocessor.OutputLength];
-        try
+        int plane = luma.Length;
+        var chw = new float[3 * plane];
+        for (int c = 0; c < 3; c++)
         {
-            preprocessor.Decode(bytes, chw);
-        }
-        catch (InvalidImageException ex)
-        {
-            throw new ArgumentException($"{file}: {ex.Message}", ex);
+            float mean = preprocessing.Mean[c % preprocessing.Mean.Count], std = preprocessing.Std[c % preprocessing.Std.Count];
+            for (int i = 0; i < plane; i++) chw[c * plane + i] = (luma[i] / 255f - mean) / std;
         }
         return chw;
-    }
-
-    /// <summary>Undoes the normalisation of the first plane: the 0..255 grayscale the server would have decoded.</summary>
-    private static byte[] ToBytes(float[] chw, PreprocessingSpec preprocessing)
-    {
-        int plane = preprocessing.CropSize * preprocessing.CropSize;
-        var pixels = new byte[plane];
-        for (int i = 0; i < plane; i++)
-        {
-            double value = (chw[i] * preprocessing.Std[0] + preprocessing.Mean[0]) * 255.0;
-            pixels[i] = (byte)Math.Clamp(Math.Round(value), 0, 255);
-        }
-        return pixels;
     }
 
     private static float[] RandomNormalised(Random random, int length)

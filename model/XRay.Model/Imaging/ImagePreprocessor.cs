@@ -53,13 +53,27 @@ public sealed class ImagePreprocessor
     public void Decode(ReadOnlySpan<byte> encoded, Span<float> destination)
     {
         CheckDestination(destination);
+        var plane = destination[.._planeLength];
+        DecodeToLuma(encoded, plane);
+        NormalizeReplicated(plane, destination);
+    }
+
+    /// <summary>
+    /// The stage of <see cref="Decode"/> before normalisation: one luma plane in [0, 1], <c>CropSize x CropSize</c>
+    /// (decoded, oriented, resized, centre-cropped). Training augments this before normalising.
+    /// </summary>
+    /// <exception cref="InvalidImageException">The bytes are not a decodable PNG or JPEG, or the image is too large.</exception>
+    public void DecodeToLuma(ReadOnlySpan<byte> encoded, Span<float> plane)
+    {
+        if (plane.Length != _planeLength)
+        {
+            throw new ArgumentException($"The luma plane holds {plane.Length} values; CropSize x CropSize is {_planeLength}.", nameof(plane));
+        }
         var (gray, width, height) = DecodeLuma(encoded);
         try
         {
-            var plane = destination[.._planeLength];
             Resampler.ResizeShorterSideAndCenterCrop(
                 gray.AsSpan(0, width * height), width, height, Spec.ResizeSize, _cropSize, plane);
-            NormalizeReplicated(plane, destination);
         }
         finally
         {

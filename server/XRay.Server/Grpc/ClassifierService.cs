@@ -4,7 +4,6 @@ using Grpc.Core;
 using Microsoft.Extensions.Options;
 using XRay.Batching;
 using XRay.Contracts.V1;
-using XRay.Server.Hosting;
 using XRay.Server.Model;
 using XRay.Server.Telemetry;
 
@@ -161,7 +160,7 @@ public sealed partial class ClassifierService(
         // The request's span: the RPC's, or the stream message's.
         if (Activity.Current is { } span)
         {
-            span.SetTag(XRayMetrics.StatusCodeTag, GrpcErrors.StatusName(status.StatusCode));
+            span.SetTag(XRayMetrics.StatusCodeTag, XRayMetrics.StatusName(status.StatusCode));
             if (GrpcErrors.IsServerSpanError(status.StatusCode))
             {
                 span.SetStatus(ActivityStatusCode.Error, status.Detail);
@@ -204,7 +203,7 @@ internal static class PredictionFactory
         prediction.Logits.Add(logits);
         for (int c = 0; c < logits.Length; c++)
         {
-            float probability = Sigmoid(logits[c]);
+            float probability = XRay.Model.Probabilities.Sigmoid(logits[c]);
             prediction.Probabilities.Add(probability);
             if (probability >= thresholds[c])
             {
@@ -213,9 +212,6 @@ internal static class PredictionFactory
         }
         return prediction;
     }
-
-    // Each finding independently: multi-label, so no softmax across classes.
-    public static float Sigmoid(float logit) => 1f / (1f + MathF.Exp(-logit));
 }
 
 internal static class ModelInfoFactory

@@ -11,14 +11,6 @@ public sealed class ModelNotReadyException()
 /// <summary>The one place where failures become gRPC statuses. Model failures are logged, not leaked.</summary>
 internal static class GrpcErrors
 {
-    // Canonical gRPC status names, indexed by code: what metrics and dashboards show.
-    private static readonly string[] StatusNames =
-    [
-        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-        "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-        "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
-    ];
-
     public static Status ToStatus(Exception exception, ServerCallContext context) => exception switch
     {
         RpcException rpc => rpc.Status,
@@ -55,8 +47,4 @@ internal static class GrpcErrors
     /// <summary>Statuses that mark a server span as failed (OpenTelemetry's gRPC conventions); the others are the caller's doing.</summary>
     public static bool IsServerSpanError(StatusCode code) => code is StatusCode.Unknown or StatusCode.DeadlineExceeded
         or StatusCode.Unimplemented or StatusCode.Internal or StatusCode.Unavailable or StatusCode.DataLoss;
-
-    /// <summary>The canonical name of a status code, e.g. <c>DEADLINE_EXCEEDED</c>.</summary>
-    public static string StatusName(StatusCode code) =>
-        (int)code >= 0 && (int)code < StatusNames.Length ? StatusNames[(int)code] : ((int)code).ToString(System.Globalization.CultureInfo.InvariantCulture);
 }

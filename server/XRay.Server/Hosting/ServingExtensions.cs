@@ -29,12 +29,11 @@ public static class ServingExtensions
     {
         services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.SectionName))
             .ValidateDataAnnotations()
-            .Validate(options => Validates(() => options.ResolveRuntime()), "Model:Precision bf16 is not available with Model:Runtime onnxruntime (it runs fp32); use torch or auto.")
+            .Validate(options => options.RuntimeError() is null, "Model:Precision bf16 is not available with Model:Runtime onnxruntime (it runs fp32); use torch or auto.")
             .ValidateOnStart();
         services.AddOptions<BatchingOptions>().Bind(configuration.GetSection(BatchingOptions.SectionName))
-            .ValidateDataAnnotations()
-            .Validate(options => Validates(options.Validate), "Batching options are inconsistent (MaxQueueSize must be >= MaxBatchSize).")
             .ValidateOnStart();
+        services.AddSingleton<IValidateOptions<BatchingOptions>, BatchingOptionsValidator>();
         services.AddOptions<ServingOptions>().Bind(configuration.GetSection(ServingOptions.SectionName))
             .ValidateDataAnnotations().ValidateOnStart();
 
@@ -65,16 +64,10 @@ public static class ServingExtensions
         return endpoints;
     }
 
-    private static bool Validates(Action validate)
+    /// <summary>Batching options checked once, by their own range check, reporting its message (option, value, range).</summary>
+    private sealed class BatchingOptionsValidator : IValidateOptions<BatchingOptions>
     {
-        try
-        {
-            validate();
-            return true;
-        }
-        catch (ArgumentException)
-        {
-            return false;
-        }
+        public ValidateOptionsResult Validate(string? name, BatchingOptions options) =>
+            options.Problem is { } problem ? ValidateOptionsResult.Fail(problem) : ValidateOptionsResult.Success;
     }
 }

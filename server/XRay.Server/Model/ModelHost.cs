@@ -16,6 +16,10 @@ public sealed record ServedModel(
     IReadOnlyList<float> Thresholds)
 {
     public ModelManifest Manifest => Backend.Manifest;
+
+    /// <summary>What the model gauges read: this model's labels and its batcher's live counts.</summary>
+    public ModelGaugeSource Gauges => new(Manifest.Name, Manifest.Version, Manifest.Architecture, Backend.Runtime, Backend.Device, Backend.Precision,
+        () => Batcher.QueuedItems, Batcher.Options.MaxQueueSize, () => Batcher.RunningBatches);
 }
 
 /// <summary>
@@ -82,7 +86,7 @@ public sealed partial class ModelHost(
                 PreferredBatchSizes = preferred,
             };
             _current = new ServedModel(backend, new ImagePreprocessor(manifest.Preprocessing), buffers, batcher, manifest.EffectiveThresholds);
-            metrics.ModelLoaded(_current);
+            metrics.ModelLoaded(_current.Gauges);
             if (_stopping.IsCancellationRequested)
             {
                 return;

@@ -47,14 +47,19 @@ public sealed class ModelOptions
 
     /// <summary><see cref="Torch"/> or <see cref="OnnxRuntime"/>: <see cref="Runtime"/> with <c>auto</c> resolved.</summary>
     /// <exception cref="ArgumentException">bf16 asked of ONNX Runtime.</exception>
-    public string ResolveRuntime() => (Runtime, Precision) switch
-    {
-        ("auto", "bf16") => Torch,
-        ("auto", _) => OnnxRuntime,
-        (OnnxRuntime, "bf16") => throw new ArgumentException(
-            "Model:Precision bf16 is not available with Model:Runtime onnxruntime (it runs fp32); use Model:Runtime torch or auto for bf16."),
-        _ => Runtime,
-    };
+    public string ResolveRuntime() => RuntimeError() is { } error
+        ? throw new ArgumentException(error)
+        : (Runtime, Precision) switch
+        {
+            ("auto", "bf16") => Torch,
+            ("auto", _) => OnnxRuntime,
+            _ => Runtime,
+        };
+
+    /// <summary>Why <see cref="Runtime"/> and <see cref="Precision"/> cannot go together; null when they can.</summary>
+    public string? RuntimeError() => Runtime == OnnxRuntime && Precision == "bf16"
+        ? "Model:Precision bf16 is not available with Model:Runtime onnxruntime (it runs fp32); use Model:Runtime torch or auto for bf16."
+        : null;
 
     public IReadOnlyList<int> WarmupBatchSizes(int maxBatchSize) => Warmup switch
     {

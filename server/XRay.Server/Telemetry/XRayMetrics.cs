@@ -2,8 +2,6 @@ using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using Grpc.Core;
 using XRay.Batching;
-using XRay.Server.Grpc;
-using XRay.Server.Model;
 
 namespace XRay.Server.Telemetry;
 
@@ -57,6 +55,14 @@ public sealed class XRayMetrics : IDisposable
         StatusCode.Cancelled, StatusCode.Unavailable, StatusCode.Internal,
     ];
 
+    // Canonical gRPC status names, indexed by code: what metrics and dashboards show.
+    private static readonly string[] StatusNames =
+    [
+        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+        "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+        "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+    ];
+
     private readonly Meter _meter;
     private readonly Histogram<double> _requestDuration;
     private readonly Histogram<double> _requestTimeInQueue;
@@ -68,7 +74,7 @@ public sealed class XRayMetrics : IDisposable
     private readonly Counter<long> _batches;
     private readonly Counter<long> _imagesClassified;
 
-    private volatile ServedModel? _model;
+    private volatile ModelGaugeSource? _model;
     private volatile bool _ready;
 
     public XRayMetrics(IMeterFactory meterFactory)
@@ -125,7 +131,7 @@ public sealed class XRayMetrics : IDisposable
     public BatcherObserver BatcherObserver { get; }
 
     /// <summary>The model is loaded and has a batcher: the gauges follow it from now on.</summary>
-    public void ModelLoaded(ServedModel model)
+    public void ModelLoaded(ModelGaugeSource model)
     {
         _model = model;
         foreach (string reason in RejectionReasons.All)
@@ -137,7 +143,7 @@ public sealed class XRayMetrics : IDisposable
             foreach (StatusCode status in FailureStatuses)
             {
                 _failedRequests.Add(0, new KeyValuePair<string, object?>(MethodTag, method),
-                                       new KeyValuePair<string, object?>(StatusCodeTag, GrpcErrors.StatusName(status)));
+                                       new KeyValuePair<string, object?>(StatusCodeTag, StatusName(status)));
             }
         }
     }
@@ -163,7 +169,7 @@ public sealed class XRayMetrics : IDisposable
     /// <summary>Records a request that is not counted in flight (GetModelInfo).</summary>
     public void RecordRequest(string method, string? model, StatusCode status, long startTimestamp)
     {
-        var statusTag = new KeyValuePair<string, object?>(StatusCodeTag, GrpcErrors.StatusName(status));
+        var statusTag = new KeyValuePair<string, object?>(StatusCodeTag, StatusName(status));
         var methodTag = new KeyValuePair<string, object?>(MethodTag, method);
         if (_requestDuration.Enabled)
         {
@@ -204,13 +210,13 @@ public sealed class XRayMetrics : IDisposable
     }
 
     private IEnumerable<Measurement<int>> ObserveQueueDepth() =>
-        _model is { } model ? [new Measurement<int>(model.Batcher.QueuedItems)] : [new Measurement<int>(0)];
+        _model is { } model ? [new Measurement<int>(model.QueuedItems())] : [new Measurement<int>(0)];
 
     private IEnumerable<Measurement<int>> ObserveQueueCapacity() =>
-        _model is { } model ? [new Measurement<int>(model.Batcher.Options.MaxQueueSize)] : [];
+        _model is { } model ? [new Measurement<int>(model.QueueCapacity)] : [];
 
     private IEnumerable<Measurement<int>> ObserveActiveBatches() =>
-        _model is { } model ? [new Measurement<int>(model.Batcher.RunningBatches)] : [new Measurement<int>(0)];
+        _model is { } model ? [new Measurement<int>(model.RunningBatches())] : [new Measurement<int>(0)];
 
     private IEnumerable<Measurement<int>> ObserveModelInfo()
     {
@@ -221,14 +227,18 @@ public sealed class XRayMetrics : IDisposable
         return
         [
             new Measurement<int>(1,
-                new KeyValuePair<string, object?>(ModelTag, model.Manifest.Name),
-                new KeyValuePair<string, object?>("xray.model.version", model.Manifest.Version),
-                new KeyValuePair<string, object?>("xray.model.architecture", model.Manifest.Architecture),
-                new KeyValuePair<string, object?>("xray.model.runtime", model.Backend.Runtime),
-                new KeyValuePair<string, object?>("xray.model.device", model.Backend.Device),
-                new KeyValuePair<string, object?>("xray.model.precision", model.Backend.Precision)),
+                new KeyValuePair<string, object?>(ModelTag, model.Name),
+                new KeyValuePair<string, object?>("xray.model.version", model.Version),
+                new KeyValuePair<string, object?>("xray.model.architecture", model.Architecture),
+                new KeyValuePair<string, object?>("xray.model.runtime", model.Runtime),
+                new KeyValuePair<string, object?>("xray.model.device", model.Device),
+                new KeyValuePair<string, object?>("xray.model.precision", model.Precision)),
         ];
     }
+
+    /// <summary>The canonical name of a status code, e.g. <c>DEADLINE_EXCEEDED</c>: the <see cref="StatusCodeTag"/> value.</summary>
+    public static string StatusName(StatusCode code) =>
+        (int)code >= 0 && (int)code < StatusNames.Length ? StatusNames[(int)code] : ((int)code).ToString(System.Globalization.CultureInfo.InvariantCulture);
 
     public void Dispose() => _meter.Dispose();
 
@@ -238,6 +248,14 @@ public sealed class XRayMetrics : IDisposable
             metrics.BatchCompleted(batchSize, duration, error);
     }
 }
+
+/// <summary>
+/// What the model gauges read once a model is loaded: its labels and its batcher's live counts. Plain values and
+/// delegates, so that telemetry depends on no other layer of the server.
+/// </summary>
+public sealed record ModelGaugeSource(
+    string Name, string Version, string Architecture, string Runtime, string Device, string Precision,
+    Func<int> QueuedItems, int QueueCapacity, Func<int> RunningBatches);
 
 /// <summary>Values of the <c>xray.rejection.reason</c> tag.</summary>
 public static class RejectionReasons

@@ -1,6 +1,6 @@
 using System.ComponentModel.DataAnnotations;
 
-namespace XRay.Server.Hosting;
+namespace XRay.Server.Grpc;
 
 /// <summary>gRPC transport settings. Configuration section <c>Serving</c>.</summary>
 public sealed class ServingOptions

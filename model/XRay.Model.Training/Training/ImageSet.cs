@@ -70,22 +70,20 @@ public sealed class ImageSet : IDisposable
         var plane = spec.CropSize * spec.CropSize;
         var planes = new float[(long)dataset.Images.Count * plane];
         var done = 0;
-        Parallel.For(0, dataset.Images.Count, () => new float[preprocessor.OutputLength], (i, _, buffer) =>
+        Parallel.For(0, dataset.Images.Count, i =>
         {
             var path = dataset.Images[i].ImagePath;
             try
             {
-                preprocessor.Decode(File.ReadAllBytes(path), buffer);
+                preprocessor.DecodeToLuma(File.ReadAllBytes(path), planes.AsSpan(i * plane, plane));
             }
             catch (InvalidImageException e)
             {
                 throw new InvalidImageException($"{path}: {e.Message}");
             }
 
-            ToLuma(buffer.AsSpan(0, plane), spec, planes.AsSpan(i * plane, plane));
             onDecoded?.Invoke(Interlocked.Increment(ref done));
-            return buffer;
-        }, _ => { });
+        });
 
         return new ImageSet(
             tensor(planes, [dataset.Images.Count, 1, spec.CropSize, spec.CropSize]),
@@ -96,26 +94,28 @@ public sealed class ImageSet : IDisposable
     }
 
     /// <summary>
-    /// Images <c>first .. first+count-1</c> of <paramref name="generator"/>, rendered at the crop size and passed
-    /// through the preprocessor's uint8 path (the same normalisation as decoded images).
+    /// Images <c>first .. first+count-1</c> of <paramref name="generator"/>, rendered at the crop size as luma in
+    /// [0, 1] (<c>x / 255</c>, as the preprocessor scales uint8 pixels before normalising).
     /// </summary>
     public static ImageSet Synthetic(SyntheticChestXray generator, int first, int count, PreprocessingSpec spec)
     {
         ArgumentNullException.ThrowIfNull(generator);
         ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
-        var preprocessor = new ImagePreprocessor(spec);
         var size = spec.CropSize;
         var plane = size * size;
         var planes = new float[(long)count * plane];
         var labels = new float[count * SyntheticChestXray.ClassNames.Count];
-        Parallel.For(0, count, () => new float[preprocessor.OutputLength], (i, _, buffer) =>
+        Parallel.For(0, count, i =>
         {
             var (pixels, imageLabels) = generator.Render(first + i, size);
-            preprocessor.NormalizeUInt8(pixels, 1, buffer);
-            ToLuma(buffer.AsSpan(0, plane), spec, planes.AsSpan(i * plane, plane));
+            var luma = planes.AsSpan(i * plane, plane);
+            for (var j = 0; j < plane; j++)
+            {
+                luma[j] = pixels[j] / 255f;
+            }
+
             imageLabels.CopyTo(labels, i * imageLabels.Length);
-            return buffer;
-        }, _ => { });
+        });
 
         var names = Enumerable.Range(first, count).Select(i => $"synthetic_{i:D6}").ToArray();
         return new ImageSet(tensor(planes, [count, 1, size, size]), labels, SyntheticChestXray.ClassNames, names, names);
@@ -154,16 +154,6 @@ public sealed class ImageSet : IDisposable
     }
 
     public void Dispose() => Planes.Dispose();
-
-    /// <summary>Channel 0 of a preprocessed image undone to [0, 1] luma: <c>x * std[0] + mean[0]</c>.</summary>
-    private static void ToLuma(ReadOnlySpan<float> channel0, PreprocessingSpec spec, Span<float> destination)
-    {
-        float mean = spec.Mean[0], std = spec.Std[0];
-        for (var i = 0; i < channel0.Length; i++)
-        {
-            destination[i] = channel0[i] * std + mean;
-        }
-    }
 }
 
 /// <summary>Turns <c>[B, 1, S, S]</c> luma in [0, 1] into the network input: replicated to the spec's channels (3 or 1), <c>(x - mean) / std</c>.</summary>
