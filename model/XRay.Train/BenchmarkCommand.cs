@@ -3,7 +3,6 @@ using System.Diagnostics;
 using System.Globalization;
 using Spectre.Console;
 using XRay.Model;
-using XRay.Model.Onnx;
 using XRay.Model.Training;
 using static TorchSharp.torch;
 
@@ -165,7 +164,7 @@ internal static class BenchmarkCommand
     {
         using var model = SeededModel(arch);
         var options = new RunnerOptions { Device = "cpu", Precision = precision };
-        using IInferenceRunner runner = runtime == "onnxruntime" ? new OnnxRuntimeRunner(model, options) : new ModelRunner(model, options);
+        using IInferenceRunner runner = InferenceRuntimes.Create(model, runtime, options);
         var result = new double[sizes.Length];
         for (var i = 0; i < sizes.Length; i++)
         {

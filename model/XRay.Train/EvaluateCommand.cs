@@ -26,7 +26,7 @@ internal static class EvaluateCommand
         var writeThresholds = new Option<bool>("--write-thresholds") { Description = "Write the calibrated thresholds into the checkpoint's manifest.json." };
         var report = new Option<string>("--report") { Description = "Folder for report.md, roc.png and metrics.json.", DefaultValueFactory = _ => "xray-evaluation" };
         var precision = new Option<string>("--precision") { Description = "fp32 or bf16 (as the server would run it).", DefaultValueFactory = _ => "fp32" };
-        var runtime = new Option<string>("--runtime") { Description = "torch or onnxruntime (the checkpoint exported to ONNX in memory; fp32).", DefaultValueFactory = _ => "torch" };
+        var runtime = new Option<string>("--runtime") { Description = "torch, onnxruntime (the checkpoint exported to ONNX in memory; fp32) or auto (as the server picks).", DefaultValueFactory = _ => "torch" };
         var bootstrap = new Option<int>("--bootstrap") { Description = "Bootstrap resamples for the 95% confidence intervals.", DefaultValueFactory = _ => Bootstrap.DefaultResamples };
         var command = new Command("evaluate", "Evaluate a checkpoint: AUROC, AP, F1 at calibrated thresholds, with confidence intervals; Markdown report and ROC PNG.")
         {
@@ -95,12 +95,7 @@ internal static class EvaluateCommand
         }
 
         var options = new RunnerOptions { Device = "cpu", Precision = precision };
-        using IInferenceRunner runner = runtime switch
-        {
-            "torch" => new ModelRunner(loaded, options),
-            "onnxruntime" => new XRay.Model.Onnx.OnnxRuntimeRunner(loaded, options),
-            _ => throw new ArgumentException($"--runtime must be torch or onnxruntime; got '{runtime}'."),
-        };
+        using IInferenceRunner runner = InferenceRuntimes.Create(loaded, runtime, options);
         var thresholds = manifest.EffectiveThresholds.ToArray();
         var calibration = "the manifest's thresholds";
         if (method is { } m)

@@ -29,7 +29,7 @@ public static class ServingExtensions
     {
         services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.SectionName))
             .ValidateDataAnnotations()
-            .Validate(options => options.RuntimeError() is null, "Model:Precision bf16 is not available with Model:Runtime onnxruntime (it runs fp32); use torch or auto.")
+            .Validate(options => options.RuntimeError() is null, "Model:Runtime onnxruntime runs fp32 only: Model:Precision bf16 needs Model:Runtime torch or auto.")
             .ValidateOnStart();
         services.AddOptions<BatchingOptions>().Bind(configuration.GetSection(BatchingOptions.SectionName))
             .ValidateOnStart();

@@ -1,3 +1,4 @@
+using XRay.Model;
 using System.ComponentModel.DataAnnotations;
 
 namespace XRay.Server.Model;
@@ -13,8 +14,8 @@ public sealed class ModelOptions
     /// </summary>
     public string? Path { get; set; }
 
-    public const string Torch = "torch";
-    public const string OnnxRuntime = "onnxruntime";
+    public const string Torch = InferenceRuntimes.Torch;
+    public const string OnnxRuntime = InferenceRuntimes.OnnxRuntime;
 
     /// <summary>
     /// Execution runtime: <c>torch</c> (TorchSharp/libtorch; fp32 and bf16, CUDA where its CUDA package is installed),
@@ -47,19 +48,10 @@ public sealed class ModelOptions
 
     /// <summary><see cref="Torch"/> or <see cref="OnnxRuntime"/>: <see cref="Runtime"/> with <c>auto</c> resolved.</summary>
     /// <exception cref="ArgumentException">bf16 asked of ONNX Runtime.</exception>
-    public string ResolveRuntime() => RuntimeError() is { } error
-        ? throw new ArgumentException(error)
-        : (Runtime, Precision) switch
-        {
-            ("auto", "bf16") => Torch,
-            ("auto", _) => OnnxRuntime,
-            _ => Runtime,
-        };
+    public string ResolveRuntime() => InferenceRuntimes.Resolve(Runtime, Precision);
 
     /// <summary>Why <see cref="Runtime"/> and <see cref="Precision"/> cannot go together; null when they can.</summary>
-    public string? RuntimeError() => Runtime == OnnxRuntime && Precision == "bf16"
-        ? "Model:Precision bf16 is not available with Model:Runtime onnxruntime (it runs fp32); use Model:Runtime torch or auto for bf16."
-        : null;
+    public string? RuntimeError() => InferenceRuntimes.Incompatibility(Runtime, Precision) is { } error ? $"Model: {error}" : null;
 
     public IReadOnlyList<int> WarmupBatchSizes(int maxBatchSize) => Warmup switch
     {

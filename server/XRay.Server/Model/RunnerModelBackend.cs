@@ -1,5 +1,4 @@
 using XRay.Model;
-using XRay.Model.Onnx;
 
 namespace XRay.Server.Model;
 
@@ -43,17 +42,17 @@ public sealed class ModelBackendFactory : IModelBackendFactory
         };
         try
         {
+            IInferenceRunner runner = InferenceRuntimes.Create(model, runtime, runnerOptions);
             if (runtime == ModelOptions.OnnxRuntime)
             {
-                using (model)
-                {
-                    return new RunnerModelBackend(new OnnxRuntimeRunner(model, runnerOptions));
-                }
+                // The session holds its own copy of the weights: release the network's.
+                model.Dispose();
+                return new RunnerModelBackend(runner);
             }
 
-            return new RunnerModelBackend(new ModelRunner(model, runnerOptions), model);
+            return new RunnerModelBackend(runner, model);
         }
-        catch when (runtime != ModelOptions.OnnxRuntime)
+        catch
         {
             model.Dispose();
             throw;
