@@ -26,7 +26,7 @@ done
 curl -sf "http://127.0.0.1:$metrics/readyz" >/dev/null || { echo "error: the server did not become ready" >&2; exit 1; }
 
 allocated() {
-  curl -sf "http://127.0.0.1:$metrics/metrics" | awk '/^dotnet_gc_heap_total_allocated_bytes(_total)?[ {]/ { print $NF; exit }'
+  curl -sf "http://127.0.0.1:$metrics/metrics" | awk '/^dotnet_gc_heap_total_allocated_bytes(_total)?[ {]/ { v = $NF } END { print v }'
 }
 # A few requests first: connection set-up and JIT are not per-request costs.
 "$loadtest" run --no-progress -t "http://127.0.0.1:$grpc" -c 8 -n 40 --warmup 0 >/dev/null

@@ -35,11 +35,16 @@ internal sealed class InferenceThreads : IDisposable
 
     public int Count => _workers.Length;
 
-    public bool IsDisposed => _disposed;
-
-    /// <summary>Queues a batch. Cancellation takes effect while the batch is queued, not during its forward.</summary>
-    public Task RunAsync(ReadOnlyMemory<float> input, int batchSize, Memory<float> logits, CancellationToken cancellationToken) =>
-        Enqueue(new WorkItem(input, batchSize, logits, null), cancellationToken);
+    /// <summary>
+    /// Queues a batch for <paramref name="runner"/> after checking it is open and the buffers fit. Cancellation takes
+    /// effect while the batch is queued, not during its forward.
+    /// </summary>
+    public Task RunAsync(IInferenceRunner runner, ReadOnlyMemory<float> input, int batchSize, Memory<float> logits, CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, runner);
+        InferenceRunnerExtensions.CheckBatch(runner, input, batchSize, logits);
+        return Enqueue(new WorkItem(input, batchSize, logits, null), cancellationToken);
+    }
 
     /// <summary>
     /// Runs one forward per distinct batch size on every thread (the first forward of each shape builds kernels and

@@ -90,12 +90,8 @@ public sealed class ModelRunner : IInferenceRunner
 
     public int NumClasses { get; }
 
-    public Task RunAsync(ReadOnlyMemory<float> input, int batchSize, Memory<float> logits, CancellationToken cancellationToken = default)
-    {
-        ObjectDisposedException.ThrowIf(_threads.IsDisposed, this);
-        InferenceRunnerExtensions.CheckBatch(this, input, batchSize, logits);
-        return _threads.RunAsync(input, batchSize, logits, cancellationToken);
-    }
+    public Task RunAsync(ReadOnlyMemory<float> input, int batchSize, Memory<float> logits, CancellationToken cancellationToken = default) =>
+        _threads.RunAsync(this, input, batchSize, logits, cancellationToken);
 
     public Task WarmUpAsync(IEnumerable<int> batchSizes, CancellationToken cancellationToken = default) =>
         _threads.WarmUpAsync(batchSizes, InputLength, NumClasses, cancellationToken);

@@ -110,12 +110,8 @@ public sealed class OnnxRuntimeRunner : IInferenceRunner
     /// <summary>Whether this process's ONNX Runtime has the CUDA execution provider (the GPU package, built with -p:OnnxRuntimeGpu=true).</summary>
     public static bool CudaAvailable => OrtEnv.Instance().GetAvailableProviders().Contains(CudaProvider);
 
-    public Task RunAsync(ReadOnlyMemory<float> input, int batchSize, Memory<float> logits, CancellationToken cancellationToken = default)
-    {
-        ObjectDisposedException.ThrowIf(_threads.IsDisposed, this);
-        InferenceRunnerExtensions.CheckBatch(this, input, batchSize, logits);
-        return _threads.RunAsync(input, batchSize, logits, cancellationToken);
-    }
+    public Task RunAsync(ReadOnlyMemory<float> input, int batchSize, Memory<float> logits, CancellationToken cancellationToken = default) =>
+        _threads.RunAsync(this, input, batchSize, logits, cancellationToken);
 
     public Task WarmUpAsync(IEnumerable<int> batchSizes, CancellationToken cancellationToken = default) =>
         _threads.WarmUpAsync(batchSizes, InputLength, NumClasses, cancellationToken);
