@@ -3,6 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Google.Protobuf;
 using Grpc.Core;
+using Grpc.Net.Client;
 using XRay.Client;
 using XRay.Contracts.V1;
 
@@ -12,6 +13,7 @@ namespace XRay.Cli;
 internal static class CliApp
 {
     public const string DefaultServer = "http://127.0.0.1:5051";
+    public const string DefaultAdmin = "http://127.0.0.1:5052";
 
     public static Task<int> RunAsync(string[] args, TextWriter output, TextWriter error)
     {
@@ -50,9 +52,22 @@ internal static class CliApp
             return status == Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.Serving ? 0 : 1;
         }));
 
+        var admin = new Option<string>("--admin")
+        {
+            Description = "The server's Admin endpoint (Kestrel:Endpoints:Admin, e.g. http://127.0.0.1:5052).",
+            DefaultValueFactory = _ => Environment.GetEnvironmentVariable("XRAY_ADMIN") ?? DefaultAdmin,
+        };
+        var checkpoint = new Argument<string>("checkpoint") { Description = "Checkpoint folder as the server sees it; \"\" for the built-in default model." };
+        var loadModel = new Command("load-model", "Load a checkpoint on the server and serve it in place of the current model, without dropping a request.")
+        {
+            checkpoint, admin,
+        };
+        loadModel.SetAction((result, ct) => LoadModelAsync(result.GetValue(admin)!, result.GetValue(checkpoint)!,
+            TimeSpan.FromSeconds(Math.Max(result.GetValue(timeout), 300)), output, error, ct));
+
         var root = new RootCommand("XRay Serving client: multi-label chest X-ray classification over gRPC.")
         {
-            server, timeout, json, classify, info, health,
+            server, timeout, json, classify, info, health, loadModel,
         };
         var configuration = new InvocationConfiguration { Output = output, Error = error };
         return root.Parse(args).InvokeAsync(configuration);
@@ -85,6 +100,37 @@ internal static class CliApp
         catch (Exception ex) when (ex is UriFormatException or ArgumentException)
         {
             error.WriteLine($"error: '{address}' is not a server address ({ex.Message}); use http://host:port");
+            return 2;
+        }
+    }
+
+    /// <summary>ModelAdmin.LoadModel; loading and warming up a large model takes a while, so the deadline is at least 5 minutes.</summary>
+    private static async Task<int> LoadModelAsync(string address, string path, TimeSpan timeout, TextWriter output, TextWriter error,
+        CancellationToken cancellationToken)
+    {
+        try
+        {
+            using var channel = GrpcChannel.ForAddress(address);
+            var admin = new ModelAdmin.ModelAdminClient(channel);
+            LoadModelResponse response = await admin.LoadModelAsync(new LoadModelRequest { Path = path },
+                deadline: DateTime.UtcNow + timeout, cancellationToken: cancellationToken);
+            output.WriteLine($"serving {response.Model.Name} {response.Model.Version} (was {response.PreviousName} {response.PreviousVersion}); " +
+                             $"loaded and warmed up in {response.LoadSeconds:F1} s");
+            return 0;
+        }
+        catch (RpcException ex) when (ex.StatusCode == StatusCode.Unavailable)
+        {
+            error.WriteLine($"error: cannot reach the Admin endpoint at {address}: {ex.Status.Detail}");
+            return 3;
+        }
+        catch (RpcException ex)
+        {
+            error.WriteLine($"error: the model was not loaded ({ex.StatusCode}): {ex.Status.Detail}");
+            return 4;
+        }
+        catch (UriFormatException ex)
+        {
+            error.WriteLine($"error: '{address}' is not an address ({ex.Message}); use http://host:port");
             return 2;
         }
     }

@@ -11,8 +11,10 @@ namespace XRay.Client;
 /// <summary>
 /// Typed calls to an XRay Serving server over the generated stubs: every call has a deadline, and
 /// UNAVAILABLE/RESOURCE_EXHAUSTED are retried with backoff by gRPC's own retry policy. Given several
-/// addresses, calls are spread over them round-robin (gRPC client-side load balancing: a static resolver and
-/// the <c>round_robin</c> policy, which skips servers it cannot connect to).
+/// addresses, or a <c>dns:///</c> name that resolves to several (a Kubernetes headless Service), calls are spread
+/// over them round-robin (gRPC client-side load balancing: a static or DNS resolver and the <c>round_robin</c>
+/// policy, which skips servers it cannot connect to); a retried call goes to the next server, so a replica that
+/// is shutting down (UNAVAILABLE) or gone costs a retry, not a failed call.
 /// </summary>
 public sealed class XRayClassifierClient : IDisposable
 {
@@ -26,10 +28,11 @@ public sealed class XRayClassifierClient : IDisposable
     }
 
     /// <param name="addresses">
-    /// One or more servers, <c>http://host:port</c>, all with the same scheme. With more than one, each call goes
-    /// to the next ready server in turn; a retried call may go to another server.
+    /// One or more servers, <c>http://host:port</c>, all with the same scheme, or one <c>dns:///host:port</c> whose
+    /// every address is a server. With more than one server, each call goes to the next ready one in turn; a retried
+    /// call goes to another.
     /// </param>
-    /// <exception cref="ArgumentException">No address, or addresses with different schemes.</exception>
+    /// <exception cref="ArgumentException">No address, addresses with different schemes, or a dns: address among others.</exception>
     /// <exception cref="UriFormatException">An address is not an absolute URI.</exception>
     public XRayClassifierClient(IReadOnlyList<string> addresses, XRayClientOptions? options = null)
     {
@@ -41,16 +44,27 @@ public sealed class XRayClassifierClient : IDisposable
         {
             throw new ArgumentException($"All addresses must use the same scheme: {string.Join(", ", addresses)}.", nameof(addresses));
         }
+        bool dns = uris[0].Scheme == "dns";
+        if (dns && uris.Length > 1)
+        {
+            throw new ArgumentException($"Give one dns:/// name (it resolves to every server), not several: {string.Join(", ", addresses)}.", nameof(addresses));
+        }
 
         var channelOptions = new GrpcChannelOptions
         {
             MaxReceiveMessageSize = _options.MaxMessageBytes,
             MaxSendMessageSize = _options.MaxMessageBytes,
-            ServiceConfig = ServiceConfig(_options.MaxAttempts, roundRobin: uris.Length > 1),
+            ServiceConfig = ServiceConfig(_options.MaxAttempts, roundRobin: uris.Length > 1 || dns),
             // Retries buffer the request; a 32-image float batch is ~19 MB.
             MaxRetryBufferPerCallSize = _options.MaxMessageBytes,
         };
-        if (uris.Length == 1)
+        if (dns)
+        {
+            channelOptions.ServiceProvider = new BalancerServices(new DnsResolverFactory(_options.DnsRefreshInterval));
+            channelOptions.Credentials = _options.UseTls ? ChannelCredentials.SecureSsl : ChannelCredentials.Insecure;
+            _channel = GrpcChannel.ForAddress(uris[0], channelOptions);
+        }
+        else if (uris.Length == 1)
         {
             _channel = GrpcChannel.ForAddress(uris[0], channelOptions);
         }
@@ -146,7 +160,7 @@ public sealed class XRayClassifierClient : IDisposable
 
     /// <summary>
     /// What GrpcChannel looks up in <see cref="GrpcChannelOptions.ServiceProvider"/>: only the resolver for
-    /// "static"; everything else falls back to the channel's defaults. Saves a dependency-injection container.
+    /// "static" or "dns"; everything else falls back to the channel's defaults. Saves a dependency-injection container.
     /// </summary>
     private sealed class BalancerServices(ResolverFactory resolver) : IServiceProvider
     {

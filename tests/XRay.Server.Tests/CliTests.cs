@@ -64,4 +64,24 @@ public sealed class CliTests
         Assert.Equal(3, unreachable.Exit);
         Assert.Contains("cannot reach", unreachable.Error);
     }
+
+    [Fact]
+    public async Task LoadModel_SwapsTheServedModel_OrSaysWhyNot()
+    {
+        var catalog = new FakeModelCatalog(new Dictionary<string, XRay.Server.Model.IModelBackend>
+        {
+            [""] = new FakeModelBackend(name: "first", version: "1"),
+            ["/models/second"] = new FakeModelBackend(name: "second", version: "2"),
+        });
+        await using var server = await TestServer.StartAsync(catalog, waitUntilServing: true, TestServer.AdminEndpointSetting);
+
+        var loaded = await RunAsync("load-model", "/models/second", "--admin", server.AdminAddress!);
+        var missing = await RunAsync("load-model", "/models/third", "--admin", server.AdminAddress!);
+        var info = await RunAsync("info", "--server", server.Address);
+
+        Assert.Equal((0, "serving second 2 (was first 1)"), (loaded.Exit, loaded.Output[..30]));
+        Assert.Equal(4, missing.Exit);
+        Assert.StartsWith("error: the model was not loaded (FailedPrecondition): The model at '/models/third' failed to load", missing.Error);
+        Assert.Contains("second 2", info.Output);
+    }
 }

@@ -115,7 +115,23 @@ public sealed partial class ClassifierService(
 
     private async Task<ClassifyResponse> ClassifyAsync(ClassifyRequest request, ServerCallContext context)
     {
-        ServedModel model = host.Current ?? throw GrpcErrors.NotReady();
+        while (true)
+        {
+            ServedModel model = host.Current ?? throw GrpcErrors.NotReady();
+            try
+            {
+                return await ClassifyAsync(request, model, context).ConfigureAwait(false);
+            }
+            catch (BatchRejectedException ex) when (ex.Reason == RejectionReason.ShuttingDown && host.Current is { } current && current != model)
+            {
+                // The model was swapped between reading it and queueing on it: its batcher stopped admitting.
+                // Run the request on the model now served (decoded again: preprocessing may differ).
+            }
+        }
+    }
+
+    private async Task<ClassifyResponse> ClassifyAsync(ClassifyRequest request, ServedModel model, ServerCallContext context)
+    {
         // The span of this request: the RPC's, or the stream message's. The batches that run its images link to it.
         Activity? span = Activity.Current;
         span?.SetTag(XRayTracing.RequestIdTag, request.RequestId);

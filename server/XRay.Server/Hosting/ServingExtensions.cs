@@ -23,6 +23,7 @@ public static class ServingExtensions
         ["--model-instances"] = "Batching:ModelInstances",
         ["--grpc-url"] = "Kestrel:Endpoints:Grpc:Url",
         ["--metrics-url"] = "Kestrel:Endpoints:Metrics:Url",
+        ["--admin-url"] = "Kestrel:Endpoints:Admin:Url",
     };
 
     public static IServiceCollection AddXrayServing(this IServiceCollection services, IConfiguration configuration)
@@ -47,6 +48,7 @@ public static class ServingExtensions
         services.AddSingleton<IModelBackendFactory, ModelBackendFactory>();
         services.AddSingleton<ModelHost>();
         services.AddXrayTelemetry(configuration);
+        services.AddXrayAdminEndpoint(configuration);
         services.AddHostedService(provider => provider.GetRequiredService<ModelHost>());
         return services;
     }
@@ -55,6 +57,7 @@ public static class ServingExtensions
     {
         endpoints.MapGrpcService<ClassifierService>();
         endpoints.MapGrpcService<HealthServiceImpl>();
+        endpoints.MapGrpcService<ModelAdminService>();
         endpoints.MapGrpcReflectionService();
 
         // Plain HTTP probes for orchestrators that do not speak gRPC health (served on the HTTP/1.1 endpoint).

@@ -19,6 +19,7 @@ public static class XRayServerApp
 
         WebApplication app = builder.Build();
         app.UseXrayMetricsEndpoint();
+        app.UseXrayAdminEndpoint();
         app.MapXrayServing();
         return app;
     }

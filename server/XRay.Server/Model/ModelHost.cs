@@ -24,8 +24,8 @@ public sealed record ServedModel(
 
 /// <summary>
 /// Owns the served model's lifetime. Loads and warms it up in the background at start-up, so that health
-/// reports NOT_SERVING (and calls get UNAVAILABLE) until it can answer at full speed; on shutdown stops
-/// admitting requests and lets the queued ones finish.
+/// reports NOT_SERVING (and calls get UNAVAILABLE) until it can answer at full speed; swaps in another model
+/// while serving (<see cref="SwapAsync"/>); on shutdown stops admitting requests and lets the queued ones finish.
 /// </summary>
 public sealed partial class ModelHost(
     IModelBackendFactory factory,
@@ -41,6 +41,8 @@ public sealed partial class ModelHost(
     public const string ServiceName = "xray.v1.Classifier";
 
     private readonly CancellationTokenSource _stopping = new();
+    private readonly SemaphoreSlim _swapping = new(1, 1);
+    private readonly List<Task> _retiring = [];
     private Task _loading = Task.CompletedTask;
     private Task? _draining;
     private volatile ServedModel? _current;
@@ -59,12 +61,36 @@ public sealed partial class ModelHost(
 
     private async Task LoadAsync(CancellationToken cancellationToken)
     {
-        ModelOptions options = modelOptions.Value;
-        BatchingOptions batching = batchingOptions.Value;
         try
         {
-            long started = timeProvider.GetTimestamp();
-            IModelBackend backend = factory.Create(options, batching.ModelInstances);
+            _current = await CreateAsync(modelOptions.Value, cancellationToken).ConfigureAwait(false);
+            metrics.ModelLoaded(_current.Gauges);
+            if (_stopping.IsCancellationRequested)
+            {
+                return;
+            }
+            SetHealth(HealthCheckResponse.Types.ServingStatus.Serving);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+        }
+        catch (Exception ex)
+        {
+            // Serving without a model is pointless: fail loudly and exit non-zero.
+            LogLoadFailed(logger, ex);
+            Environment.ExitCode = 1;
+            lifetime.StopApplication();
+        }
+    }
+
+    /// <summary>Loads and warms up a model with its own batcher; nothing is served from it yet.</summary>
+    private async Task<ServedModel> CreateAsync(ModelOptions options, CancellationToken cancellationToken)
+    {
+        BatchingOptions batching = batchingOptions.Value;
+        long started = timeProvider.GetTimestamp();
+        IModelBackend backend = factory.Create(options, batching.ModelInstances);
+        try
+        {
             ModelManifest manifest = backend.Manifest;
             LogLoaded(logger, manifest.Name, manifest.Version, manifest.Architecture, backend.Runtime, backend.Device, backend.Precision,
                 timeProvider.GetElapsedTime(started).TotalSeconds);
@@ -85,23 +111,86 @@ public sealed partial class ModelHost(
             {
                 PreferredBatchSizes = preferred,
             };
-            _current = new ServedModel(backend, new ImagePreprocessor(manifest.Preprocessing), buffers, batcher, manifest.EffectiveThresholds);
-            metrics.ModelLoaded(_current.Gauges);
+            return new ServedModel(backend, new ImagePreprocessor(manifest.Preprocessing), buffers, batcher, manifest.EffectiveThresholds);
+        }
+        catch
+        {
+            backend.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Loads the checkpoint at <paramref name="path"/> (empty: the built-in default model) with the configured
+    /// device, precision and warm-up, beside the served model, then serves it. Requests queued on the old model
+    /// finish there (each batcher runs one model, so no batch mixes the two); the old model is disposed once drained.
+    /// Returns the new model and the one it replaced.
+    /// </summary>
+    /// <exception cref="ModelSwapException">Not serving yet or shutting down, another swap running, or the model
+    /// failed to load or warm up; the served model is unchanged.</exception>
+    public async Task<(ServedModel Current, ServedModel Previous)> SwapAsync(string? path, CancellationToken cancellationToken)
+    {
+        if (!await _swapping.WaitAsync(TimeSpan.Zero, cancellationToken).ConfigureAwait(false))
+        {
+            throw new ModelSwapException(ModelSwapException.Failure.Busy, "Another model is being loaded; try again when it is served.");
+        }
+        try
+        {
+            if (_current is null || _stopping.IsCancellationRequested)
+            {
+                throw new ModelSwapException(ModelSwapException.Failure.NotServing, "The server is not serving a model (starting or shutting down).");
+            }
+            ServedModel loaded;
+            try
+            {
+                using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _stopping.Token);
+                loaded = await CreateAsync(modelOptions.Value.WithPath(path), linked.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+            {
+                LogSwapFailed(logger, path ?? "", ex);
+                throw new ModelSwapException(ModelSwapException.Failure.LoadFailed, $"The model at '{path}' failed to load: {ex.Message}", ex);
+            }
+
             if (_stopping.IsCancellationRequested)
             {
-                return;
+                await DisposeUnservedAsync(loaded).ConfigureAwait(false);
+                throw new ModelSwapException(ModelSwapException.Failure.NotServing, "The server is shutting down.");
             }
-            SetHealth(HealthCheckResponse.Types.ServingStatus.Serving);
+            ServedModel previous = Interlocked.Exchange(ref _current, loaded)!;
+            metrics.ModelLoaded(loaded.Gauges);
+            LogSwapped(logger, previous.Manifest.Name, previous.Manifest.Version, loaded.Manifest.Name, loaded.Manifest.Version);
+            lock (_retiring)
+            {
+                _retiring.Add(RetireAsync(previous));
+            }
+            return (loaded, previous);
         }
-        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        finally
         {
+            _swapping.Release();
         }
-        catch (Exception ex)
+    }
+
+    private static async Task DisposeUnservedAsync(ServedModel model)
+    {
+        await model.Batcher.DisposeAsync().ConfigureAwait(false);
+        model.Backend.Dispose();
+    }
+
+    /// <summary>Lets a replaced model finish what it has queued, then frees it.</summary>
+    private static async Task RetireAsync(ServedModel model)
+    {
+        await model.Batcher.DrainAsync().ConfigureAwait(false);
+        await model.Batcher.DisposeAsync().ConfigureAwait(false);
+        model.Backend.Dispose();
+    }
+
+    private Task RetiringAsync()
+    {
+        lock (_retiring)
         {
-            // Serving without a model is pointless: fail loudly and exit non-zero.
-            LogLoadFailed(logger, ex);
-            Environment.ExitCode = 1;
-            lifetime.StopApplication();
+            return Task.WhenAll(_retiring);
         }
     }
 
@@ -130,6 +219,7 @@ public sealed partial class ModelHost(
             {
                 await _draining.WaitAsync(cancellationToken).ConfigureAwait(false);
             }
+            await RetiringAsync().WaitAsync(cancellationToken).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
@@ -157,6 +247,7 @@ public sealed partial class ModelHost(
             await model.Batcher.DisposeAsync().ConfigureAwait(false);
             model.Backend.Dispose();
         }
+        await RetiringAsync().ConfigureAwait(false);
         _stopping.Dispose();
     }
 
@@ -185,4 +276,10 @@ public sealed partial class ModelHost(
 
     [LoggerMessage(EventId = 5, Level = LogLevel.Warning, Message = "Shutdown timed out before the queue drained")]
     private static partial void LogDrainTimedOut(ILogger logger);
+
+    [LoggerMessage(EventId = 6, Level = LogLevel.Information, Message = "Swapped model {OldName} {OldVersion} for {Name} {Version}; the old one finishes its queue")]
+    private static partial void LogSwapped(ILogger logger, string oldName, string oldVersion, string name, string version);
+
+    [LoggerMessage(EventId = 7, Level = LogLevel.Error, Message = "The model at '{Path}' failed to load; the served model is unchanged")]
+    private static partial void LogSwapFailed(ILogger logger, string path, Exception exception);
 }

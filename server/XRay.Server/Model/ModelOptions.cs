@@ -53,6 +53,14 @@ public sealed class ModelOptions
     /// <summary>Why <see cref="Runtime"/> and <see cref="Precision"/> cannot go together; null when they can.</summary>
     public string? RuntimeError() => InferenceRuntimes.Incompatibility(Runtime, Precision) is { } error ? $"Model: {error}" : null;
 
+    /// <summary>These settings with another checkpoint (a model swap keeps device, precision and warm-up).</summary>
+    public ModelOptions WithPath(string? path)
+    {
+        var copy = (ModelOptions)MemberwiseClone();
+        copy.Path = path;
+        return copy;
+    }
+
     public IReadOnlyList<int> WarmupBatchSizes(int maxBatchSize) => Warmup switch
     {
         "none" => [],

@@ -75,6 +75,9 @@ public sealed class XRayMetrics : IDisposable
     private readonly Counter<long> _imagesClassified;
 
     private volatile ModelGaugeSource? _model;
+    // Models this process served before a swap: model_info reports them as 0, so that the exporter, which keeps
+    // every series it has seen, does not go on showing them as served.
+    private volatile KeyValuePair<string, object?>[][] _replacedModels = [];
     private volatile bool _ready;
 
     public XRayMetrics(IMeterFactory meterFactory)
@@ -133,6 +136,11 @@ public sealed class XRayMetrics : IDisposable
     /// <summary>The model is loaded and has a batcher: the gauges follow it from now on.</summary>
     public void ModelLoaded(ModelGaugeSource model)
     {
+        if (_model is { } previous)
+        {
+            KeyValuePair<string, object?>[] served = ModelInfoTags(model);
+            _replacedModels = [.. _replacedModels.Append(ModelInfoTags(previous)).DistinctBy(Describe).Where(tags => Describe(tags) != Describe(served))];
+        }
         _model = model;
         foreach (string reason in RejectionReasons.All)
         {
@@ -224,17 +232,20 @@ public sealed class XRayMetrics : IDisposable
         {
             return [];
         }
-        return
-        [
-            new Measurement<int>(1,
-                new KeyValuePair<string, object?>(ModelTag, model.Name),
-                new KeyValuePair<string, object?>("xray.model.version", model.Version),
-                new KeyValuePair<string, object?>("xray.model.architecture", model.Architecture),
-                new KeyValuePair<string, object?>("xray.model.runtime", model.Runtime),
-                new KeyValuePair<string, object?>("xray.model.device", model.Device),
-                new KeyValuePair<string, object?>("xray.model.precision", model.Precision)),
-        ];
+        return [new Measurement<int>(1, ModelInfoTags(model)), .. _replacedModels.Select(tags => new Measurement<int>(0, tags))];
     }
+
+    private static KeyValuePair<string, object?>[] ModelInfoTags(ModelGaugeSource model) =>
+    [
+        new(ModelTag, model.Name),
+        new("xray.model.version", model.Version),
+        new("xray.model.architecture", model.Architecture),
+        new("xray.model.runtime", model.Runtime),
+        new("xray.model.device", model.Device),
+        new("xray.model.precision", model.Precision),
+    ];
+
+    private static string Describe(KeyValuePair<string, object?>[] tags) => string.Join(",", tags.Select(tag => $"{tag.Key}={tag.Value}"));
 
     /// <summary>The canonical name of a status code, e.g. <c>DEADLINE_EXCEEDED</c>: the <see cref="StatusCodeTag"/> value.</summary>
     public static string StatusName(StatusCode code) =>

@@ -11,15 +11,18 @@ namespace XRay.Server.Tests.Infrastructure;
 internal sealed class FakeModelBackend : IModelBackend
 {
     private readonly ConcurrentQueue<int> _batchSizes = new();
+    private readonly TaskCompletionSource _disposed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile TaskCompletionSource _gate = Open();
     private int _imagesComputed;
 
-    public FakeModelBackend(int classes = 14)
+    /// <param name="logitOffset">Added to every logit: tells two fakes' answers apart.</param>
+    public FakeModelBackend(int classes = 14, string name = "fake", string version = "1.0.0", float logitOffset = 0)
     {
+        LogitOffset = logitOffset;
         Manifest = new ModelManifest
         {
-            Name = "fake",
-            Version = "1.0.0",
+            Name = name,
+            Version = version,
             Architecture = "fake",
             ClassNames = ChestXrayFindings.Nih14.Take(classes).ToArray(),
             Description = "test double",
@@ -28,7 +31,11 @@ internal sealed class FakeModelBackend : IModelBackend
 
     public ModelManifest Manifest { get; }
     public string Runtime => "fake";
+    public float LogitOffset { get; }
     public string Device => "cpu";
+
+    /// <summary>Completes when the server has disposed this model.</summary>
+    public Task Disposed => _disposed.Task;
     public string Precision => "fp32";
 
     /// <summary>Sizes of the batches started, in order.</summary>
@@ -70,13 +77,12 @@ internal sealed class FakeModelBackend : IModelBackend
         {
             ExpectedLogits(input.Span.Slice(i * length, length), classes).CopyTo(logits.Span[(i * classes)..]);
         }
+        for (int i = 0; i < batchSize * classes; i++) logits.Span[i] += LogitOffset;
     }
 
     public Task WarmUpAsync(IEnumerable<int> batchSizes, CancellationToken cancellationToken) => Task.CompletedTask;
 
-    public void Dispose()
-    {
-    }
+    public void Dispose() => _disposed.TrySetResult();
 
     private static TaskCompletionSource Open()
     {
@@ -84,6 +90,15 @@ internal sealed class FakeModelBackend : IModelBackend
         open.SetResult();
         return open;
     }
+}
+
+/// <summary>Hands the server a backend per model path (<see cref="ModelOptions.Path"/>); a path it does not know fails to load.</summary>
+internal sealed class FakeModelCatalog(IReadOnlyDictionary<string, IModelBackend> backends) : IModelBackendFactory
+{
+    public IModelBackend Create(ModelOptions options, int modelInstances) =>
+        backends.TryGetValue(options.Path ?? "", out IModelBackend? backend)
+            ? backend
+            : throw new FileNotFoundException($"No checkpoint at '{options.Path}' (manifest.json not found).");
 }
 
 /// <summary>Hands the server a given backend, optionally only once the test allows loading to finish.</summary>

@@ -37,6 +37,12 @@ internal sealed class TestServer : IAsyncDisposable
     /// <summary>The HTTP/1.1 Metrics endpoint (<c>/metrics</c>, <c>/healthz</c>, <c>/readyz</c>), e.g. http://127.0.0.1:43121.</summary>
     public string MetricsAddress { get; private set; } = "";
 
+    /// <summary>The Admin endpoint (xray.v1.ModelAdmin), when the test configured one (<see cref="AdminEndpointSetting"/>).</summary>
+    public string? AdminAddress { get; private set; }
+
+    /// <summary>A setting that opens the Admin endpoint on an ephemeral loopback port.</summary>
+    public const string AdminEndpointSetting = "--Kestrel:Endpoints:Admin:Url=http://127.0.0.1:0";
+
     /// <summary>Starts the server; with a backend factory the model is that fake, else the real default model.</summary>
     public static Task<TestServer> StartAsync(IModelBackendFactory? factory = null, bool waitUntilServing = true, params string[] settings) =>
         StartAsync(factory, configure: null, waitUntilServing, settings);
@@ -64,10 +70,11 @@ internal sealed class TestServer : IAsyncDisposable
         });
         await app.StartAsync().WaitAsync(Timeout);
 
-        // Kestrel binds configured endpoints in key order: Grpc before Metrics.
+        // Kestrel binds configured endpoints in key order: Admin (when configured), Grpc, Metrics.
         var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.ToArray();
-        Assert.Equal(2, addresses.Length);
-        var server = new TestServer(app, addresses[0]) { MetricsAddress = addresses[1] };
+        bool admin = settings.Contains(AdminEndpointSetting);
+        Assert.Equal(admin ? 3 : 2, addresses.Length);
+        var server = new TestServer(app, addresses[^2]) { MetricsAddress = addresses[^1], AdminAddress = admin ? addresses[0] : null };
         if (waitUntilServing)
         {
             await server.WaitForHealthAsync(HealthCheckResponse.Types.ServingStatus.Serving);
