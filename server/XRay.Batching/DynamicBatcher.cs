@@ -48,6 +48,7 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
     // Set by the loop before it sleeps; whoever changes what the loop can do completes it.
     private TaskCompletionSource? _wake;
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private PreferredBatchSizes? _preferredBatchSizes;
     private readonly Task _loop;
 
     public DynamicBatcher(IBatchHandler<TInput, TOutput> handler, BatchingOptions options,
@@ -66,6 +67,16 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
 
     /// <summary>The options in effect (a copy taken at construction; changing it has no effect).</summary>
     public BatchingOptions Options { get; }
+
+    /// <summary>
+    /// Batch sizes to cut batches down to (learned at warm-up from measured forward times); null (default): any size.
+    /// May be set at any time; the next batch formed follows it.
+    /// </summary>
+    public PreferredBatchSizes? PreferredBatchSizes
+    {
+        get => Volatile.Read(ref _preferredBatchSizes);
+        set => Volatile.Write(ref _preferredBatchSizes, value);
+    }
 
     /// <summary>Items waiting for a batch.</summary>
     public int QueuedItems
@@ -360,7 +371,7 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
                 {
                     // While draining nothing more can arrive, so waiting could not grow the batch.
                     var delay = _stopping ? TimeSpan.Zero : Options.MaxQueueDelay;
-                    decision = BatchDecision.Decide(_queuedItems, oldest.Value.EnqueuedAt, now, Options.MaxBatchSize, delay);
+                    decision = BatchDecision.Decide(_queuedItems, oldest.Value.EnqueuedAt, now, Options.MaxBatchSize, delay, PreferredBatchSizes);
                     if (decision.Action == BatchAction.Dispatch)
                     {
                         batch = TakeBatchLocked(decision.BatchSize, now);

@@ -141,7 +141,7 @@ public sealed partial class ClassifierService(
         // given back if decoding fails. The caller's share is per connection (context.Peer): one connection's backlog
         // cannot starve another's requests.
         using QueueReservation reservation = model.Batcher.Reserve(RequestDecoder.CountImages(request, maxImages), context.Peer);
-        float[][] images = await RequestDecoder.DecodeAsync(request, model.Preprocessor, maxImages, decodePool, context.CancellationToken)
+        float[][] images = await RequestDecoder.DecodeAsync(request, model.Preprocessor, maxImages, decodePool, context.CancellationToken, model.Buffers)
             .ConfigureAwait(false);
         span?.SetTag(XRayTracing.ImagesTag, images.Length);
         DateTimeOffset? deadline = context.Deadline == DateTime.MaxValue ? null : new DateTimeOffset(context.Deadline);
@@ -249,6 +249,7 @@ internal static class ModelInfoFactory
             Name = manifest.Name,
             Version = manifest.Version,
             Architecture = manifest.Architecture,
+            Runtime = model.Backend.Runtime,
             Device = model.Backend.Device,
             Precision = model.Backend.Precision,
             Description = manifest.Description,

@@ -1,13 +1,17 @@
 using System.Runtime.InteropServices;
 using XRay.Contracts.V1;
 using XRay.Model;
+using XRay.Server.Model;
 
 namespace XRay.Server.Grpc;
 
 /// <summary>A request the server cannot classify; the message says exactly what is wrong.</summary>
 public sealed class InvalidRequestException(string message) : Exception(message);
 
-/// <summary>Turns a <see cref="ClassifyRequest"/> into normalised CHW images, one array per image.</summary>
+/// <summary>
+/// Turns a <see cref="ClassifyRequest"/> into normalised CHW images, one array per image, rented from
+/// <paramref name="buffers"/> when given (they go back once batched) or else allocated.
+/// </summary>
 internal static class RequestDecoder
 {
     /// <summary>
@@ -32,12 +36,15 @@ internal static class RequestDecoder
 
     /// <summary>Decodes every image; encoded ones one at a time, each on the <paramref name="pool"/>.</summary>
     public static async Task<float[][]> DecodeAsync(ClassifyRequest request, ImagePreprocessor preprocessor, int maxImages,
-        DecodePool pool, CancellationToken cancellationToken)
+        DecodePool pool, CancellationToken cancellationToken, ImageBuffers? buffers = null)
     {
+        Func<float[]> newImage = buffers is not null && buffers.ImageLength == preprocessor.OutputLength
+            ? buffers.RentImage
+            : () => new float[preprocessor.OutputLength];
         return request.InputCase switch
         {
-            ClassifyRequest.InputOneofCase.Tensor => DecodeTensor(request.Tensor, preprocessor, maxImages),
-            ClassifyRequest.InputOneofCase.Encoded => await DecodeEncodedAsync(request.Encoded, preprocessor, maxImages, pool, cancellationToken).ConfigureAwait(false),
+            ClassifyRequest.InputOneofCase.Tensor => DecodeTensor(request.Tensor, preprocessor, maxImages, newImage),
+            ClassifyRequest.InputOneofCase.Encoded => await DecodeEncodedAsync(request.Encoded, preprocessor, maxImages, pool, newImage, cancellationToken).ConfigureAwait(false),
             _ => throw NoInput(),
         };
     }
@@ -47,7 +54,7 @@ internal static class RequestDecoder
     private static InvalidRequestException EmptyEncoded() => new("encoded.images is empty: send at least one PNG or JPEG image.");
 
     private static async Task<float[][]> DecodeEncodedAsync(EncodedImages encoded, ImagePreprocessor preprocessor, int maxImages,
-        DecodePool pool, CancellationToken cancellationToken)
+        DecodePool pool, Func<float[]> newImage, CancellationToken cancellationToken)
     {
         int count = encoded.Images.Count;
         if (count == 0)
@@ -59,7 +66,7 @@ internal static class RequestDecoder
         var images = new float[count][];
         for (int i = 0; i < count; i++)
         {
-            images[i] = new float[preprocessor.OutputLength];
+            images[i] = newImage();
             try
             {
                 await pool.DecodeAsync(preprocessor, encoded.Images[i].Memory, images[i], cancellationToken).ConfigureAwait(false);
@@ -72,7 +79,7 @@ internal static class RequestDecoder
         return images;
     }
 
-    private static float[][] DecodeTensor(Tensor tensor, ImagePreprocessor preprocessor, int maxImages)
+    private static float[][] DecodeTensor(Tensor tensor, ImagePreprocessor preprocessor, int maxImages, Func<float[]> newImage)
     {
         int size = preprocessor.Spec.CropSize;
         var shape = tensor.Shape;
@@ -116,7 +123,7 @@ internal static class RequestDecoder
         var images = new float[count][];
         for (int i = 0; i < count; i++)
         {
-            images[i] = new float[preprocessor.OutputLength];
+            images[i] = newImage();
             ReadOnlySpan<byte> bytes = data.Slice(i * imageElements * elementSize, imageElements * elementSize);
             if (tensor.Dtype == DataType.Uint8)
             {

@@ -13,6 +13,7 @@ public static class ServingExtensions
     public static readonly IReadOnlyDictionary<string, string> SwitchMappings = new Dictionary<string, string>
     {
         ["--model"] = "Model:Path",
+        ["--runtime"] = "Model:Runtime",
         ["--device"] = "Model:Device",
         ["--precision"] = "Model:Precision",
         ["--warmup"] = "Model:Warmup",
@@ -30,7 +31,9 @@ public static class ServingExtensions
     public static IServiceCollection AddXrayServing(this IServiceCollection services, IConfiguration configuration)
     {
         services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.SectionName))
-            .ValidateDataAnnotations().ValidateOnStart();
+            .ValidateDataAnnotations()
+            .Validate(options => options.RuntimeError() is null, "Model:Runtime onnxruntime runs fp32 only: Model:Precision bf16 needs Model:Runtime torch or auto.")
+            .ValidateOnStart();
         services.AddOptions<BatchingOptions>().Bind(configuration.GetSection(BatchingOptions.SectionName))
             .ValidateOnStart();
         services.AddSingleton<IValidateOptions<BatchingOptions>, BatchingOptionsValidator>();
@@ -49,7 +52,7 @@ public static class ServingExtensions
 
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<HealthServiceImpl>();
-        services.AddSingleton<IModelBackendFactory, TorchModelBackendFactory>();
+        services.AddSingleton<IModelBackendFactory, ModelBackendFactory>();
         services.AddSingleton<ModelHost>();
         services.AddXrayTelemetry(configuration);
         services.AddXrayAdminEndpoint(configuration);
