@@ -57,12 +57,21 @@ public static class LoadTestApp
         return root.Parse(args).InvokeAsync(new InvocationConfiguration { Output = output, Error = error });
     }
 
+    private static (string Runtime, string Precision)[] ParseCompare(string? value) =>
+        value is null ? [] : value.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+            .Select(pair => pair.Split('/') is [var runtime, var precision] && runtime.Length > 0 && precision.Length > 0
+                ? (runtime, precision)
+                : throw new ArgumentException($"--compare takes runtime/precision pairs such as onnxruntime/fp32,torch/bf16; got '{pair}'."))
+            .ToArray();
+
     private static Command BenchCommand(string[] args, TextWriter output, TextWriter error, bool interactive)
     {
         var model = new Option<string?>("--model") { Description = "Checkpoint folder (default: the server's built-in default model)." };
         var architecture = new Option<string?>("--architecture") { Description = "Benchmark an untrained network of this architecture (small_cnn, resnet18, resnet50, densenet121, ...) instead of a checkpoint." };
         var device = new Option<string>("--device") { Description = "auto, cpu or cuda, for the raw run and the servers.", DefaultValueFactory = _ => "auto" };
         var precision = new Option<string>("--precision") { Description = "fp32 or bf16.", DefaultValueFactory = _ => "fp32" };
+        var runtime = new Option<string>("--runtime") { Description = "auto, torch or onnxruntime, for the raw run and the servers.", DefaultValueFactory = _ => "auto" };
+        var compare = new Option<string?>("--compare") { Description = "Runtime/precision pairs measured side by side in this run, e.g. onnxruntime/fp32,torch/fp32,torch/bf16 (overrides --runtime and --precision)." };
         var rawSizes = new Option<string>("--raw-batch-sizes") { Description = "Raw batch sizes to measure.", DefaultValueFactory = _ => "1,2,4,8,16,32" };
         var rawSeconds = new Option<double>("--raw-seconds") { Description = "Seconds of forwards per raw batch size, at least.", DefaultValueFactory = _ => 3 };
         var rawIterations = new Option<int>("--raw-iterations") { Description = "Forwards per raw batch size, at least.", DefaultValueFactory = _ => 3 };
@@ -76,7 +85,7 @@ public static class LoadTestApp
         var targetsOnly = new Option<bool>("--targets-only") { Description = "Measure only the servers given as targets; start none." };
         var bench = new Command("bench", "In one run: the raw model per batch size (xray-train raw-benchmark), the server unbatched (MaxBatchSize=1) and batched, same load; with ratios.")
         {
-            model, architecture, device, precision, rawSizes, rawSeconds, rawIterations, maxBatch, probe, serverPath, trainPath, serverArgs, unbatchedTarget, batchedTarget, targetsOnly,
+            model, architecture, device, precision, runtime, compare, rawSizes, rawSeconds, rawIterations, maxBatch, probe, serverPath, trainPath, serverArgs, unbatchedTarget, batchedTarget, targetsOnly,
         };
         var o = new SharedOptions(concurrencyDefault: 32, durationDefault: 15, warmupDefault: 5);
         o.AddTo(bench, withTarget: false);
@@ -89,6 +98,8 @@ public static class LoadTestApp
                 Architecture = result.GetValue(architecture),
                 Device = result.GetValue(device)!,
                 Precision = result.GetValue(precision)!,
+                Runtime = result.GetValue(runtime)!,
+                Compare = ParseCompare(result.GetValue(compare)),
                 RawBatchSizes = ParseList(result.GetValue(rawSizes)!, "--raw-batch-sizes").Select(v => (int)v).ToArray(),
                 RawSeconds = result.GetValue(rawSeconds),
                 RawIterations = result.GetValue(rawIterations),

@@ -1,5 +1,3 @@
-using System.Collections.Concurrent;
-using System.Diagnostics;
 using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -7,15 +5,15 @@ using static TorchSharp.torch;
 namespace XRay.Model;
 
 /// <summary>
-/// Runs a network on dedicated inference threads. Each worker enables inference mode on itself (grad mode is
-/// per thread in libtorch) and runs every request inside a dispose scope, so no tensor outlives its request.
-/// Requests wait in one FIFO queue that all workers take from. Thread-safe.
+/// Runs a network with TorchSharp on dedicated inference threads (<see cref="InferenceThreads"/>). Each thread enables
+/// inference mode on itself (grad mode is per thread in libtorch) and runs every batch inside a dispose scope, so no
+/// tensor outlives its batch. Thread-safe.
 /// </summary>
 /// <remarks>
 /// The runner moves the model's network to the device and precision asked for, in place, and puts it in eval
 /// mode; it does not dispose the model. The sigmoid is left to the caller: outputs are raw logits.
 /// </remarks>
-public sealed class ModelRunner : IDisposable
+public sealed class ModelRunner : IInferenceRunner
 {
     /// <summary>Upper bound for <see cref="RunnerOptions.Workers"/>.</summary>
     public const int MaxWorkers = 64;
@@ -25,9 +23,7 @@ public sealed class ModelRunner : IDisposable
     private readonly ScalarType _dtype;
     private readonly int _cropSize;
     private readonly int _channels;
-    private readonly BlockingCollection<WorkItem> _queue = new(new ConcurrentQueue<WorkItem>());
-    private readonly Thread[] _workers;
-    private volatile bool _disposed;
+    private readonly InferenceThreads _threads;
 
     /// <exception cref="ArgumentException">Unknown device or precision, cuda asked for but unavailable, or Workers out of [1, 64].</exception>
     public ModelRunner(LoadedModel model, RunnerOptions options)
@@ -74,16 +70,14 @@ public sealed class ModelRunner : IDisposable
         }
 
         _network.eval();
-
-        _workers = new Thread[options.Workers];
-        for (var i = 0; i < _workers.Length; i++)
-        {
-            _workers[i] = new Thread(WorkerLoop) { IsBackground = true, Name = $"xray-inference-{i}" };
-            _workers[i].Start();
-        }
+        // Thread-local: every forward on an inference thread records no autograd graph and skips version counting.
+        _threads = new InferenceThreads(options.Workers, () => inference_mode(), Forward);
     }
 
     public ModelManifest Manifest { get; }
+
+    /// <summary><c>torch</c>.</summary>
+    public string Runtime => "torch";
 
     /// <summary><c>cpu</c> or <c>cuda</c>.</summary>
     public string Device { get; }
@@ -96,191 +90,34 @@ public sealed class ModelRunner : IDisposable
 
     public int NumClasses { get; }
 
-    /// <summary>
-    /// Runs one batch. <paramref name="input"/> holds <c>batchSize * InputLength</c> floats (NCHW, normalised) and must
-    /// not change until the task completes. Returns <c>batchSize * NumClasses</c> raw logits, row per image.
-    /// Cancellation takes effect while the request is queued, not during its forward.
-    /// </summary>
-    public Task<float[]> RunAsync(float[] input, int batchSize, CancellationToken cancellationToken = default)
-    {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        ArgumentNullException.ThrowIfNull(input);
-        ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
-        if (input.Length != (long)batchSize * InputLength)
-        {
-            throw new ArgumentException(
-                $"Input holds {input.Length} floats; a batch of {batchSize} needs {batchSize} x {InputLength} = {(long)batchSize * InputLength}.",
-                nameof(input));
-        }
+    public Task RunAsync(ReadOnlyMemory<float> input, int batchSize, Memory<float> logits, CancellationToken cancellationToken = default) =>
+        _threads.RunAsync(this, input, batchSize, logits, cancellationToken);
 
-        return Enqueue(new WorkItem(input, batchSize, null), cancellationToken);
-    }
-
-    /// <summary>
-    /// Runs one forward per distinct batch size on every worker (the first forward of each shape builds oneDNN
-    /// primitives and is several times slower). Completes when all have run.
-    /// </summary>
-    public async Task WarmUpAsync(IEnumerable<int> batchSizes, CancellationToken cancellationToken = default)
-    {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        ArgumentNullException.ThrowIfNull(batchSizes);
-        foreach (var batchSize in batchSizes.Distinct())
-        {
-            ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1, nameof(batchSizes));
-            // Each warm-up item holds its worker at the barrier until all have run, so every worker takes exactly one.
-            // Not disposed: a worker may still be returning from SignalAndWait when the last task completes.
-            var barrier = new Barrier(_workers.Length);
-            var input = new float[batchSize * InputLength];
-            var tasks = Enumerable.Range(0, _workers.Length)
-                .Select(_ => Enqueue(new WorkItem(input, batchSize, barrier), cancellationToken))
-                .ToArray();
-            await Task.WhenAll(tasks).ConfigureAwait(false);
-        }
-    }
+    public Task WarmUpAsync(IEnumerable<int> batchSizes, CancellationToken cancellationToken = default) =>
+        _threads.WarmUpAsync(batchSizes, InputLength, NumClasses, cancellationToken);
 
     /// <summary>Fails queued requests with <see cref="ObjectDisposedException"/>, lets running ones finish and joins the workers.</summary>
-    public void Dispose()
+    public void Dispose() => _threads.Dispose();
+
+    private void Forward(ReadOnlyMemory<float> input, int batchSize, Memory<float> logits)
     {
-        if (_disposed)
-        {
-            return;
-        }
-
-        _disposed = true;
-        _queue.CompleteAdding();
-        foreach (var worker in _workers)
-        {
-            if (worker != Thread.CurrentThread)
-            {
-                worker.Join();
-            }
-        }
-
-        _queue.Dispose();
-    }
-
-    private Task<float[]> Enqueue(WorkItem item, CancellationToken cancellationToken)
-    {
-        if (_disposed)
-        {
-            LeaveBarrier(item.Barrier, wait: false);
-            throw new ObjectDisposedException(nameof(ModelRunner));
-        }
-
-        if (cancellationToken.IsCancellationRequested)
-        {
-            LeaveBarrier(item.Barrier, wait: false);
-            return Task.FromCanceled<float[]>(cancellationToken);
-        }
-
-        if (cancellationToken.CanBeCanceled)
-        {
-            item.Registration = cancellationToken.Register(
-                static state => ((WorkItem)state!).Completion.TrySetCanceled(), item);
-        }
-
-        try
-        {
-            _queue.Add(item);
-        }
-        catch (InvalidOperationException)
-        {
-            item.Registration.Dispose();
-            LeaveBarrier(item.Barrier, wait: false);
-            throw new ObjectDisposedException(nameof(ModelRunner));
-        }
-
-        return item.Completion.Task;
-    }
-
-    private void WorkerLoop()
-    {
-        // Thread-local: every forward on this thread records no autograd graph and skips version counting.
-        using var inference = inference_mode();
-        foreach (var item in _queue.GetConsumingEnumerable())
-        {
-            item.Registration.Dispose();
-            if (_disposed)
-            {
-                item.Completion.TrySetException(new ObjectDisposedException(nameof(ModelRunner)));
-                LeaveBarrier(item.Barrier, wait: false);
-                continue;
-            }
-
-            if (item.Completion.Task.IsCompleted)
-            {
-                LeaveBarrier(item.Barrier, wait: false);
-                continue; // cancelled while queued
-            }
-
-            try
-            {
-                item.Completion.TrySetResult(Forward(item.Input, item.BatchSize));
-            }
-            catch (Exception e)
-            {
-                item.Completion.TrySetException(e);
-            }
-
-            LeaveBarrier(item.Barrier, wait: true);
-        }
-    }
-
-    /// <summary>Never throws: an exception here would end the worker thread and the process with it.</summary>
-    private static void LeaveBarrier(Barrier? barrier, bool wait)
-    {
-        if (barrier is null)
-        {
-            return;
-        }
-
-        try
-        {
-            if (wait)
-            {
-                // Bounded, so a lost participant cannot hang a worker for good.
-                barrier.SignalAndWait(TimeSpan.FromMinutes(5));
-            }
-            else
-            {
-                barrier.RemoveParticipant();
-            }
-        }
-        catch (InvalidOperationException)
-        {
-            // Participant count already inconsistent after a timeout; warm-up is best effort.
-        }
-    }
-
-    private float[] Forward(float[] input, int batchSize)
-    {
-        Debug.Assert(input.Length == batchSize * InputLength);
         using var scope = NewDisposeScope();
-        var x = tensor(input, [batchSize, _channels, _cropSize, _cropSize]);
+        // One copy, straight into libtorch's memory: no managed array on the way.
+        var x = empty(new long[] { batchSize, _channels, _cropSize, _cropSize }, dtype: ScalarType.Float32);
+        MemoryMarshal.AsBytes(input.Span[..(batchSize * InputLength)]).CopyTo(x.bytes);
         if (_dtype != ScalarType.Float32 || _device.type != DeviceType.CPU)
         {
             x = x.to(_dtype, _device);
         }
 
-        var logits = _network.call(x);
-        if (logits.ndim != 2 || logits.shape[0] != batchSize || logits.shape[1] != NumClasses)
+        var output = _network.call(x);
+        if (output.ndim != 2 || output.shape[0] != batchSize || output.shape[1] != NumClasses)
         {
             throw new InvalidOperationException(
-                $"The network returned shape [{string.Join(", ", logits.shape)}]; expected [{batchSize}, {NumClasses}] for '{Manifest.Name}'.");
+                $"The network returned shape [{string.Join(", ", output.shape)}]; expected [{batchSize}, {NumClasses}] for '{Manifest.Name}'.");
         }
 
-        logits = logits.to(ScalarType.Float32, CPU).contiguous();
-        var output = new float[batchSize * NumClasses];
-        MemoryMarshal.Cast<byte, float>(logits.bytes).CopyTo(output);
-        return output;
-    }
-
-    private sealed class WorkItem(float[] input, int batchSize, Barrier? barrier)
-    {
-        public float[] Input { get; } = input;
-        public int BatchSize { get; } = batchSize;
-        public Barrier? Barrier { get; } = barrier;
-        public TaskCompletionSource<float[]> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public CancellationTokenRegistration Registration { get; set; }
+        output = output.to(ScalarType.Float32, CPU).contiguous();
+        MemoryMarshal.Cast<byte, float>(output.bytes).CopyTo(logits.Span);
     }
 }

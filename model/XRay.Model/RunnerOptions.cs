@@ -1,6 +1,6 @@
 namespace XRay.Model;
 
-/// <summary>How a <see cref="ModelRunner"/> executes the network.</summary>
+/// <summary>How a <see cref="ModelRunner"/> (TorchSharp) or <see cref="Onnx.OnnxRuntimeRunner"/> executes the network.</summary>
 public sealed record RunnerOptions
 {
     /// <summary><c>auto</c> (default: <c>cuda</c> when torch.cuda.is_available(), else <c>cpu</c>), <c>cpu</c> or <c>cuda</c>.</summary>
@@ -15,4 +15,23 @@ public sealed record RunnerOptions
     /// cores / Workers to avoid oversubscribing the CPU.
     /// </summary>
     public int Workers { get; init; } = 1;
+
+    /// <summary>
+    /// ONNX Runtime only: intra-op threads of each worker's session; 0 (default) = cores / <see cref="Workers"/>, so that
+    /// the workers together use every core once. Inter-op threads are always 1 (sequential execution).
+    /// </summary>
+    public int IntraOpThreads { get; init; }
+
+    /// <summary>ONNX Runtime only: plan each input shape's memory once and reuse it (default true).</summary>
+    public bool MemoryPattern { get; init; } = true;
+
+    /// <summary>ONNX Runtime only: keep freed CPU memory in ONNX Runtime's arena for the next batch (default true).</summary>
+    public bool CpuMemoryArena { get; init; } = true;
+
+    /// <summary>
+    /// ONNX Runtime only: let idle intra-op threads spin waiting for work (ONNX Runtime's default) rather than sleep.
+    /// Spinning saves a few microseconds per operator on a dedicated machine and costs whole time slices on a busy one;
+    /// default false.
+    /// </summary>
+    public bool AllowSpinning { get; init; }
 }

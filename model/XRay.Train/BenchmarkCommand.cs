@@ -9,9 +9,9 @@ using static TorchSharp.torch;
 namespace XRay.Train;
 
 /// <summary>
-/// <c>benchmark</c>: training images/s per architecture (a few AdamW steps), inference images/s through
-/// <see cref="ModelRunner"/> in fp32 and bf16 per batch size, and bf16's largest probability change against fp32 on
-/// real images.
+/// <c>benchmark</c>: training images/s per architecture (a few AdamW steps), inference images/s per batch size through
+/// <see cref="ModelRunner"/> in fp32 and bf16 and <see cref="OnnxRuntimeRunner"/> in fp32, and bf16's largest
+/// probability change against fp32 on real images.
 /// </summary>
 internal static class BenchmarkCommand
 {
@@ -44,28 +44,29 @@ internal static class BenchmarkCommand
 
             console.Write(training);
             var sizes = List(result.GetValue(batches)!).Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
-            var inference = new Table().AddColumns(["architecture", .. sizes.SelectMany(b => new[] { $"fp32 b{b}", $"bf16 b{b}" }), "bf16/fp32 at largest"]);
+            string[] configurations = ["torch fp32", "torch bf16", "onnxruntime fp32"];
+            var inference = new Table().AddColumns(["architecture", .. sizes.SelectMany(b => configurations.Select(c => $"{c} b{b}")), "bf16/fp32 at largest", "onnxruntime/torch fp32 at largest"]);
             var realImages = LoadImages(result.GetValue(images), result.GetValue(deltaImages));
             var deltas = new Table().AddColumns("model", "images", "max |Δp| bf16 vs fp32", "mean |Δp|");
             foreach (var arch in List(result.GetValue(inferArchs)!))
             {
                 var row = new List<string> { arch };
-                var last = new Dictionary<string, double>();
-                var perPrecision = new Dictionary<string, double[]>();
-                foreach (var precision in new[] { "fp32", "bf16" })
+                var perConfiguration = new Dictionary<string, double[]>();
+                foreach (var configuration in configurations)
                 {
-                    perPrecision[precision] = await InferenceThroughputAsync(arch, precision, sizes, result.GetValue(seconds), ct);
+                    var (runtime, precision) = (configuration.Split(' ')[0], configuration.Split(' ')[1]);
+                    perConfiguration[configuration] = await InferenceThroughputAsync(arch, runtime, precision, sizes, result.GetValue(seconds), ct);
                 }
 
                 for (var i = 0; i < sizes.Length; i++)
                 {
-                    row.Add(F(perPrecision["fp32"][i]));
-                    row.Add(F(perPrecision["bf16"][i]));
+                    row.AddRange(configurations.Select(c => F(perConfiguration[c][i])));
                 }
 
-                row.Add($"{perPrecision["bf16"][^1] / perPrecision["fp32"][^1]:F2}x");
+                row.Add($"{perConfiguration["torch bf16"][^1] / perConfiguration["torch fp32"][^1]:F2}x");
+                row.Add($"{perConfiguration["onnxruntime fp32"][^1] / perConfiguration["torch fp32"][^1]:F2}x");
                 inference.AddRow(row.ToArray());
-                console.MarkupLine($"[grey]infer {arch}: {string.Join(", ", sizes.Select((b, i) => $"b{b} {F(perPrecision["fp32"][i])}/{F(perPrecision["bf16"][i])}"))} (fp32/bf16)[/]");
+                console.MarkupLine($"[grey]infer {arch}: {string.Join(", ", sizes.Select((b, i) => $"b{b} {string.Join("/", configurations.Select(c => F(perConfiguration[c][i])))}"))} ({string.Join("/", configurations)})[/]");
                 if (realImages is not null)
                 {
                     var (max, mean) = await Bf16DeltaAsync(() => Recalibrated(SeededModel(arch), realImages), realImages, ct);
@@ -159,10 +160,11 @@ internal static class BenchmarkCommand
         return model;
     }
 
-    private static async Task<double[]> InferenceThroughputAsync(string arch, string precision, int[] sizes, double seconds, CancellationToken ct)
+    private static async Task<double[]> InferenceThroughputAsync(string arch, string runtime, string precision, int[] sizes, double seconds, CancellationToken ct)
     {
         using var model = SeededModel(arch);
-        using var runner = new ModelRunner(model, new RunnerOptions { Device = "cpu", Precision = precision });
+        var options = new RunnerOptions { Device = "cpu", Precision = precision };
+        using IInferenceRunner runner = InferenceRuntimes.Create(model, runtime, options);
         var result = new double[sizes.Length];
         for (var i = 0; i < sizes.Length; i++)
         {

@@ -26,10 +26,11 @@ internal static class EvaluateCommand
         var writeThresholds = new Option<bool>("--write-thresholds") { Description = "Write the calibrated thresholds into the checkpoint's manifest.json." };
         var report = new Option<string>("--report") { Description = "Folder for report.md, roc.png and metrics.json.", DefaultValueFactory = _ => "xray-evaluation" };
         var precision = new Option<string>("--precision") { Description = "fp32 or bf16 (as the server would run it).", DefaultValueFactory = _ => "fp32" };
+        var runtime = new Option<string>("--runtime") { Description = "torch, onnxruntime (the checkpoint exported to ONNX in memory; fp32) or auto (as the server picks).", DefaultValueFactory = _ => "torch" };
         var bootstrap = new Option<int>("--bootstrap") { Description = "Bootstrap resamples for the 95% confidence intervals.", DefaultValueFactory = _ => Bootstrap.DefaultResamples };
         var command = new Command("evaluate", "Evaluate a checkpoint: AUROC, AP, F1 at calibrated thresholds, with confidence intervals; Markdown report and ROC PNG.")
         {
-            model, on, calibrate, writeThresholds, report, precision, bootstrap,
+            model, on, calibrate, writeThresholds, report, precision, runtime, bootstrap,
         };
         data.AddTo(command);
         command.SetAction((result, ct) => TrainApp.Guard(error, async () =>
@@ -59,7 +60,7 @@ internal static class EvaluateCommand
             var source = data.From(result) ?? DataSource.FromManifest(loaded.Manifest)
                 ?? throw new ArgumentException("The manifest does not record its training data: give --nih-csv, --csv or --synthetic.");
             return await RunAsync(TrainApp.Console(output), loaded, modelPath, source, part, method, result.GetValue(writeThresholds),
-                result.GetValue(report)!, result.GetValue(precision)!, result.GetValue(bootstrap), ct);
+                result.GetValue(report)!, result.GetValue(precision)!, result.GetValue(runtime)!, result.GetValue(bootstrap), ct);
         }));
         return command;
     }
@@ -74,6 +75,7 @@ internal static class EvaluateCommand
         bool writeThresholds,
         string reportDirectory,
         string precision,
+        string runtime,
         int resamples,
         CancellationToken ct)
     {
@@ -92,7 +94,8 @@ internal static class EvaluateCommand
             throw new ArgumentException($"The {part?.ToString().ToLowerInvariant() ?? "whole"} set is empty; change --on or the split fractions.");
         }
 
-        using var runner = new ModelRunner(loaded, new RunnerOptions { Device = "cpu", Precision = precision });
+        var options = new RunnerOptions { Device = "cpu", Precision = precision };
+        using IInferenceRunner runner = InferenceRuntimes.Create(loaded, runtime, options);
         var thresholds = manifest.EffectiveThresholds.ToArray();
         var calibration = "the manifest's thresholds";
         if (method is { } m)
@@ -150,7 +153,7 @@ internal static class EvaluateCommand
     }
 
     /// <summary>Sigmoid probabilities through <see cref="ModelRunner"/>, the serving path, in batches of 32.</summary>
-    internal static async Task<float[]> PredictAsync(ModelRunner runner, ImageSet set, ModelManifest manifest, CancellationToken ct)
+    internal static async Task<float[]> PredictAsync(IInferenceRunner runner, ImageSet set, ModelManifest manifest, CancellationToken ct)
     {
         const int batchSize = 32;
         using var normalizer = new Normalizer(manifest.Preprocessing);

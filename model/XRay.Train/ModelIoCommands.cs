@@ -7,7 +7,7 @@ using XRay.Model.Training;
 
 namespace XRay.Train;
 
-/// <summary><c>import</c> and <c>export</c> (safetensors with PyTorch names), and <c>synth</c> (synthetic data set on disk).</summary>
+/// <summary><c>import</c> and <c>export</c> (safetensors with PyTorch names), <c>export-onnx</c>, and <c>synth</c> (synthetic data set on disk).</summary>
 internal static class ModelIoCommands
 {
     public static Command Import(TextWriter output, TextWriter error)
@@ -107,6 +107,37 @@ internal static class ModelIoCommands
             SafetensorsWeights.Save(target, loaded.Network);
             File.WriteAllText(Path.Combine(directory, Checkpoint.ManifestFileName), loaded.Manifest.ToJson());
             TrainApp.Console(output).MarkupLine($"wrote {Markup.Escape(target)}");
+            return Task.FromResult(0);
+        }));
+        return command;
+    }
+
+    public static Command ExportOnnx(TextWriter output, TextWriter error)
+    {
+        var model = new Option<string>("--model") { Description = "Checkpoint folder, or 'default' for the built-in model.", Required = true };
+        var outFile = new Option<string>("--out") { Description = "ONNX file to write, e.g. model.onnx.", Required = true };
+        var command = new Command(
+            "export-onnx",
+            $"Write a checkpoint as an ONNX graph (opset {OnnxExporter.Opset}): input '{OnnxExporter.InputName}' [batch, C, S, S] preprocessed as its manifest says, " +
+            $"outputs '{OnnxExporter.LogitsName}' and '{OnnxExporter.ProbabilitiesName}' [batch, classes]; batch norms folded, the manifest in the metadata.")
+        {
+            model, outFile,
+        };
+        command.SetAction((result, _) => TrainApp.Guard(error, () =>
+        {
+            var path = result.GetValue(model)!;
+            using var loaded = path == "default" ? DefaultModel.Create() : Checkpoint.Load(path);
+            var target = result.GetValue(outFile)!;
+            if (Path.GetDirectoryName(Path.GetFullPath(target)) is { } directory)
+            {
+                Directory.CreateDirectory(directory);
+            }
+
+            OnnxExporter.Export(loaded, target);
+            var spec = loaded.Manifest.Preprocessing;
+            TrainApp.Console(output).MarkupLine(
+                $"wrote {Markup.Escape(target)}: {Markup.Escape(loaded.Manifest.Architecture)}, input [batch, {spec.Channels}, {spec.CropSize}, {spec.CropSize}], " +
+                $"{loaded.Manifest.ClassNames.Count} classes");
             return Task.FromResult(0);
         }));
         return command;

@@ -7,8 +7,8 @@ using XRay.Model;
 namespace XRay.Train;
 
 /// <summary>
-/// <c>raw-benchmark</c>: the model's forward time per batch size with nothing around it, through the same
-/// <see cref="ModelRunner"/> (one inference thread, inference mode) the server runs it with. Writes one JSON document
+/// <c>raw-benchmark</c>: the model's forward time per batch size with nothing around it, through the same runner
+/// (<see cref="ModelRunner"/> or <see cref="XRay.Model.Onnx.OnnxRuntimeRunner"/>, one inference thread) the server runs it with. Writes one JSON document
 /// to stdout (every forward's time, the model, the allocator, the preprocessing) and progress lines to stderr.
 /// <c>xray-loadtest bench</c> runs it as a child process, so the load tester itself carries no libtorch.
 /// </summary>
@@ -26,12 +26,13 @@ internal static class RawBenchmarkCommand
         var save = new Option<string?>("--save-checkpoint") { Description = "With --architecture: save the random-weight checkpoint to this folder (to serve the same network)." };
         var device = new Option<string>("--device") { Description = "auto, cpu or cuda.", DefaultValueFactory = _ => "auto" };
         var precision = new Option<string>("--precision") { Description = "fp32 or bf16.", DefaultValueFactory = _ => "fp32" };
+        var runtime = new Option<string>("--runtime") { Description = "torch, onnxruntime or auto (as the server picks: onnxruntime for fp32, torch for bf16).", DefaultValueFactory = _ => InferenceRuntimes.Torch };
         var batches = new Option<string>("--batch-sizes") { Description = "Batch sizes to measure.", DefaultValueFactory = _ => "1,2,4,8,16,32" };
         var seconds = new Option<double>("--seconds") { Description = "Seconds of forwards per batch size, at least.", DefaultValueFactory = _ => 3 };
         var iterations = new Option<int>("--iterations") { Description = "Forwards per batch size, at least (after two warm-up forwards).", DefaultValueFactory = _ => 3 };
         var command = new Command("raw-benchmark", "Forward times per batch size through ModelRunner, as JSON on stdout (what xray-loadtest bench reads).")
         {
-            model, architecture, save, device, precision, batches, seconds, iterations,
+            model, architecture, save, device, precision, runtime, batches, seconds, iterations,
         };
         command.SetAction((result, ct) => TrainApp.Guard(error, async () =>
         {
@@ -48,7 +49,8 @@ internal static class RawBenchmarkCommand
             }
 
             using LoadedModel loaded = string.IsNullOrEmpty(path) ? DefaultModel.Create() : Checkpoint.Load(path);
-            using var runner = new ModelRunner(loaded, new RunnerOptions { Device = result.GetValue(device)!, Precision = result.GetValue(precision)!, Workers = 1 });
+            using IInferenceRunner runner = InferenceRuntimes.Create(loaded, result.GetValue(runtime)!,
+                new RunnerOptions { Device = result.GetValue(device)!, Precision = result.GetValue(precision)!, Workers = 1 });
             var points = new List<RawForwards>();
             foreach (int size in sizes)
             {
@@ -61,7 +63,7 @@ internal static class RawBenchmarkCommand
             ModelManifest manifest = loaded.Manifest;
             PreprocessingSpec pre = manifest.Preprocessing;
             var report = new RawBenchmarkReport(
-                new RawModel(manifest.Name, manifest.Version, manifest.Architecture, runner.Device, runner.Precision),
+                new RawModel(manifest.Name, manifest.Version, manifest.Architecture, runner.Runtime, runner.Device, runner.Precision),
                 NativeAllocator.Describe(),
                 new RawPreprocessing(pre.ResizeSize, pre.CropSize, [.. pre.Mean], [.. pre.Std], pre.Color),
                 points);
@@ -89,7 +91,7 @@ internal static class RawBenchmarkCommand
 
     /// <param name="minSeconds">Forwards continue until this long has passed...</param>
     /// <param name="minIterations">...and at least this many have run (after two warm-up forwards).</param>
-    private static async Task<RawForwards> MeasureAsync(ModelRunner runner, int batchSize, double minSeconds, int minIterations, CancellationToken cancellationToken)
+    private static async Task<RawForwards> MeasureAsync(IInferenceRunner runner, int batchSize, double minSeconds, int minIterations, CancellationToken cancellationToken)
     {
         var random = new Random(1);
         var input = new float[batchSize * runner.InputLength];
@@ -113,7 +115,7 @@ internal static class RawBenchmarkCommand
 /// <summary>What <c>raw-benchmark</c> writes (snake_case JSON).</summary>
 internal sealed record RawBenchmarkReport(RawModel Model, string Allocator, RawPreprocessing Preprocessing, IReadOnlyList<RawForwards> Points);
 
-internal sealed record RawModel(string Name, string Version, string Architecture, string Device, string Precision);
+internal sealed record RawModel(string Name, string Version, string Architecture, string Runtime, string Device, string Precision);
 
 internal sealed record RawPreprocessing(int ResizeSize, int CropSize, float[] Mean, float[] Std, string Color);
 

@@ -20,6 +20,7 @@ public static class TrainApp
             ModelIoCommands.Import(output, error),
             ModelIoCommands.ImportOnnx(output, error),
             ModelIoCommands.Export(output, error),
+            ModelIoCommands.ExportOnnx(output, error),
             ModelIoCommands.Synth(output, error),
             BenchmarkCommand.Create(output, error),
             RawBenchmarkCommand.Create(output, error),

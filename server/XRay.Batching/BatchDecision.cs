@@ -14,8 +14,12 @@ internal readonly record struct BatchDecision(BatchAction Action, int BatchSize,
 
     public static BatchDecision WaitFor(DateTimeOffset until) => new(BatchAction.Wait, 0, until);
 
+    /// <param name="preferred">
+    /// When set, a batch is cut down to the largest preferred size it can fill (the rest waits for the next free
+    /// instance), so that the model does not run a size on a throughput cliff.
+    /// </param>
     public static BatchDecision Decide(int queuedItems, DateTimeOffset oldestEnqueuedAt, DateTimeOffset now,
-                                       int maxBatchSize, TimeSpan maxQueueDelay)
+                                       int maxBatchSize, TimeSpan maxQueueDelay, PreferredBatchSizes? preferred = null)
     {
         if (queuedItems == 0)
         {
@@ -24,11 +28,11 @@ internal readonly record struct BatchDecision(BatchAction Action, int BatchSize,
 
         if (queuedItems >= maxBatchSize)
         {
-            return Dispatch(maxBatchSize);
+            return Dispatch(preferred?.Choose(maxBatchSize) ?? maxBatchSize);
         }
 
         // The delay is an absolute due time from the oldest item, so re-deciding early never extends the wait.
         var dueAt = oldestEnqueuedAt + maxQueueDelay;
-        return now >= dueAt ? Dispatch(queuedItems) : WaitFor(dueAt);
+        return now >= dueAt ? Dispatch(preferred?.Choose(queuedItems) ?? queuedItems) : WaitFor(dueAt);
     }
 }

@@ -3,11 +3,15 @@ using System.Diagnostics;
 namespace XRay.Batching;
 
 /// <summary>
-/// Dynamic batcher: requests of one or more items wait in one FIFO queue of items; a single dispatch loop forms
-/// batches of up to <see cref="BatchingOptions.MaxBatchSize"/> items whenever a model instance is free, hands them
-/// to an <see cref="IBatchHandler{TInput, TOutput}"/>, and answers each request with its own rows.
+/// Dynamic batcher: requests of one or more items wait in a queue of items; a single dispatch loop forms batches of up
+/// to <see cref="BatchingOptions.MaxBatchSize"/> items whenever a model instance is free, hands them to an
+/// <see cref="IBatchHandler{TInput, TOutput}"/>, and answers each request with its own rows.
 /// </summary>
 /// <remarks>
+/// Fair share: each request belongs to a caller (a key given at enqueue: a connection, a tenant). Batches take one item
+/// per caller in turn (round robin, remembered across batches), first in, first out within a caller, so a caller with
+/// hundreds of images queued delays another caller's image by at most one item per batch instead of by its whole
+/// backlog. With one caller this is plain FIFO.
 /// Locking: all queue and request state is guarded by <c>_lock</c>. Nothing that can call back into this class
 /// (time provider, cancellation registrations, the handler, the observer) is called under it; completing a
 /// request's task under it is safe because every task runs its continuations asynchronously.
@@ -22,9 +26,18 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
     private readonly BatcherObserver _observer;
     private readonly Lock _lock = new();
 
+    // The caller of requests enqueued without one: they share one turn, first in, first out.
+    private static readonly object AnyCaller = new();
+
     // Requests with undispatched items, oldest first; a request leaves when its last item is dispatched.
     private readonly LinkedList<Request> _queue = new();
+    // Callers with undispatched items, by key, and in turn order: the first takes the next item.
+    private readonly Dictionary<object, CallerQueue> _callers = new();
+    private readonly LinkedList<CallerQueue> _turns = new();
     private int _queuedItems;
+    private long _batchesStarted;
+    // Room held by reservations not yet used: counts against MaxQueueSize like queued items.
+    private int _reservedItems;
     private int _runningBatches;
     private bool _stopping;
     private bool _disposed;
@@ -35,6 +48,7 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
     // Set by the loop before it sleeps; whoever changes what the loop can do completes it.
     private TaskCompletionSource? _wake;
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private PreferredBatchSizes? _preferredBatchSizes;
     private readonly Task _loop;
 
     public DynamicBatcher(IBatchHandler<TInput, TOutput> handler, BatchingOptions options,
@@ -54,6 +68,16 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
     /// <summary>The options in effect (a copy taken at construction; changing it has no effect).</summary>
     public BatchingOptions Options { get; }
 
+    /// <summary>
+    /// Batch sizes to cut batches down to (learned at warm-up from measured forward times); null (default): any size.
+    /// May be set at any time; the next batch formed follows it.
+    /// </summary>
+    public PreferredBatchSizes? PreferredBatchSizes
+    {
+        get => Volatile.Read(ref _preferredBatchSizes);
+        set => Volatile.Write(ref _preferredBatchSizes, value);
+    }
+
     /// <summary>Items waiting for a batch.</summary>
     public int QueuedItems
     {
@@ -66,6 +90,74 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
         get { lock (_lock) { return _runningBatches; } }
     }
 
+    /// <summary>Batches handed to the handler since construction: whether anything ran since the last look.</summary>
+    public long BatchesStarted
+    {
+        get { lock (_lock) { return _batchesStarted; } }
+    }
+
+    /// <summary>Room held by reservations not yet used or released (e.g. images being decoded).</summary>
+    public int ReservedItems
+    {
+        get { lock (_lock) { return _reservedItems; } }
+    }
+
+    /// <summary>
+    /// Takes room for <paramref name="items"/> items in the queue before they exist, or fails at once with
+    /// <see cref="BatchRejectedException"/> (queue full, shutting down) as <c>EnqueueAsync</c> would. Lets a caller refuse
+    /// work before doing it (decoding images the queue could not take). Use it with
+    /// <see cref="EnqueueAsync(QueueReservation, IReadOnlyList{TInput}, DateTimeOffset?, CancellationToken)"/>, which is
+    /// then admitted even while draining; dispose it on every path. <see cref="DrainAsync"/> waits for open reservations.
+    /// </summary>
+    /// <param name="items">Items the request will hold, at least 1.</param>
+    /// <param name="caller">Whose fair share the request counts against (compared with <see cref="object.Equals(object)"/>);
+    /// null: the shared caller of all requests without one.</param>
+    public QueueReservation Reserve(int items, object? caller = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(items, 1);
+        string? rejection;
+        RejectionReason reason;
+        lock (_lock)
+        {
+            rejection = AdmissionErrorLocked(items, reserved: false, out reason);
+            if (rejection is null)
+            {
+                _reservedItems += items;
+            }
+        }
+
+        if (rejection is not null)
+        {
+            _observer.RequestRejected(reason, items);
+            throw new BatchRejectedException(reason, rejection);
+        }
+
+        return new QueueReservation(items, caller ?? AnyCaller, ReleaseReservation);
+    }
+
+    /// <summary>
+    /// Queues items for which <paramref name="reservation"/> holds room (as many as it was taken for), without a second
+    /// admission check; otherwise as <see cref="EnqueueAsync(IReadOnlyList{TInput}, DateTimeOffset?, CancellationToken, object?)"/>.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The reservation was used or disposed already.</exception>
+    public Task<ItemResult<TOutput>[]> EnqueueAsync(QueueReservation reservation, IReadOnlyList<TInput> items,
+                                                   DateTimeOffset? deadline = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(reservation);
+        ArgumentNullException.ThrowIfNull(items);
+        if (items.Count != reservation.Items)
+        {
+            throw new ArgumentException($"The reservation holds {reservation.Items} items; the request has {items.Count}.", nameof(items));
+        }
+
+        if (!reservation.TryClaim())
+        {
+            throw new InvalidOperationException("The reservation was already used or released.");
+        }
+
+        return EnqueueCore(items, deadline, reservation.Caller, reserved: true, cancellationToken);
+    }
+
     /// <summary>
     /// Queues <paramref name="items"/> and completes with one <see cref="ItemResult{TOutput}"/> per item, in item
     /// order, once all of them ran. Fails with <see cref="BatchRejectedException"/> (queue full, shutting down,
@@ -73,8 +165,10 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
     /// any item was queued) or <see cref="BatchExecutionException"/> (a batch holding any of its items failed).
     /// Items of a request that failed, expired or was cancelled are removed from the queue and never computed.
     /// </summary>
+    /// <param name="caller">Whose fair share the request counts against (compared with <see cref="object.Equals(object)"/>);
+    /// null: the shared caller of all requests without one.</param>
     public Task<ItemResult<TOutput>[]> EnqueueAsync(IReadOnlyList<TInput> items, DateTimeOffset? deadline = null,
-                                                   CancellationToken cancellationToken = default)
+                                                   CancellationToken cancellationToken = default, object? caller = null)
     {
         ArgumentNullException.ThrowIfNull(items);
         if (items.Count == 0)
@@ -82,8 +176,20 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
             throw new ArgumentException("A request must hold at least one item.", nameof(items));
         }
 
+        return EnqueueCore(items, deadline, caller ?? AnyCaller, reserved: false, cancellationToken);
+    }
+
+    /// <summary>Admits and queues a request; with <paramref name="reserved"/>, its room is already held (and claimed).</summary>
+    private Task<ItemResult<TOutput>[]> EnqueueCore(IReadOnlyList<TInput> items, DateTimeOffset? deadline, object caller,
+                                                    bool reserved, CancellationToken cancellationToken)
+    {
         if (cancellationToken.IsCancellationRequested)
         {
+            if (reserved)
+            {
+                ReleaseReservedItems(items.Count);
+            }
+
             return Task.FromCanceled<ItemResult<TOutput>[]>(cancellationToken);
         }
 
@@ -91,6 +197,11 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
         var request = new Request(this, items, now, cancellationToken);
         if (deadline is { } due && due <= now)
         {
+            if (reserved)
+            {
+                ReleaseReservedItems(items.Count);
+            }
+
             request.Done = true;
             Reject(request, RejectionReason.DeadlineExceeded,
                 $"deadline exceeded: the deadline {due:O} had passed when the request arrived at {now:O}");
@@ -106,14 +217,19 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
         var reason = default(RejectionReason);
         lock (_lock)
         {
+            if (reserved)
+            {
+                // From here the request itself holds its room: queued, or answered and gone.
+                _reservedItems -= items.Count;
+            }
+
             answeredByCallback = request.Done;
             if (!answeredByCallback)
             {
-                rejection = AdmissionErrorLocked(items.Count, out reason);
+                rejection = AdmissionErrorLocked(items.Count, reserved, out reason);
                 if (rejection is null)
                 {
-                    request.Node = _queue.AddLast(request);
-                    _queuedItems += items.Count;
+                    AddLocked(request, caller);
                     _version++;
                     AssertInvariantsLocked();
                 }
@@ -122,6 +238,8 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
                     request.Done = true;
                 }
             }
+
+            SetDrainedIfIdleLocked();
         }
 
         if (answeredByCallback)
@@ -140,29 +258,49 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
         return request.Task;
     }
 
-    private string? AdmissionErrorLocked(int items, out RejectionReason reason)
+    /// <summary>Why a request may not enter; null when it may. A reserved request was admitted already, unless disposed since.</summary>
+    private string? AdmissionErrorLocked(int items, bool reserved, out RejectionReason reason)
     {
-        if (_stopping)
+        reason = RejectionReason.ShuttingDown;
+        if (_disposed || (_stopping && !reserved))
         {
-            reason = RejectionReason.ShuttingDown;
             return "shutting down: the batcher no longer admits requests";
         }
 
         reason = RejectionReason.QueueFull;
+        if (reserved)
+        {
+            return null;
+        }
+
         if (items > Options.MaxQueueSize)
         {
             return $"queue full: request has {items} images, more than the queue holds ({Options.MaxQueueSize})";
         }
 
-        return _queuedItems + items > Options.MaxQueueSize
-            ? $"queue full: {_queuedItems} of {Options.MaxQueueSize} images waiting, request has {items}"
+        // Reserved room counts as waiting: those images are being prepared and will queue.
+        var waiting = _queuedItems + _reservedItems;
+        return waiting + items > Options.MaxQueueSize
+            ? $"queue full: {waiting} of {Options.MaxQueueSize} images waiting, request has {items}"
             : null;
+    }
+
+    private void ReleaseReservation(QueueReservation reservation) => ReleaseReservedItems(reservation.Items);
+
+    private void ReleaseReservedItems(int items)
+    {
+        lock (_lock)
+        {
+            _reservedItems -= items;
+            Debug.Assert(_reservedItems >= 0);
+            SetDrainedIfIdleLocked();
+        }
     }
 
     /// <summary>
     /// Graceful shutdown: stops admitting (new requests fail with <see cref="RejectionReason.ShuttingDown"/>), runs
     /// everything queued without waiting for <see cref="BatchingOptions.MaxQueueDelay"/>, and completes when the queue
-    /// is empty and no batch runs. If <paramref name="cancellationToken"/> is cancelled first, fails what is still
+    /// is empty, no batch runs and no reservation is open (requests reserved before the drain are still admitted). If <paramref name="cancellationToken"/> is cancelled first, fails what is still
     /// queued with <see cref="RejectionReason.ShuttingDown"/> and throws <see cref="OperationCanceledException"/>;
     /// running batches still finish (<see cref="DisposeAsync"/> waits for them).
     /// </summary>
@@ -233,7 +371,7 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
                 {
                     // While draining nothing more can arrive, so waiting could not grow the batch.
                     var delay = _stopping ? TimeSpan.Zero : Options.MaxQueueDelay;
-                    decision = BatchDecision.Decide(_queuedItems, oldest.Value.EnqueuedAt, now, Options.MaxBatchSize, delay);
+                    decision = BatchDecision.Decide(_queuedItems, oldest.Value.EnqueuedAt, now, Options.MaxBatchSize, delay, PreferredBatchSizes);
                     if (decision.Action == BatchAction.Dispatch)
                     {
                         batch = TakeBatchLocked(decision.BatchSize, now);
@@ -277,24 +415,37 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
         var segments = new List<Segment>();
         while (inputs.Count < size)
         {
-            var request = _queue.First!.Value;
-            var take = Math.Min(size - inputs.Count, request.Undispatched);
-            segments.Add(new Segment(request, request.Dispatched, inputs.Count, take));
-            for (var i = 0; i < take; i++)
+            // One item from the caller whose turn it is, then the turn passes on.
+            var turn = _turns.First!;
+            var caller = turn.Value;
+            var request = caller.Requests.First!.Value;
+            var last = segments.Count - 1;
+            if (last >= 0 && segments[last].Request == request && segments[last].BatchIndex + segments[last].Count == inputs.Count)
             {
-                inputs.Add(request.Items[request.Dispatched + i]);
+                segments[last] = segments[last] with { Count = segments[last].Count + 1 };
+            }
+            else
+            {
+                segments.Add(new Segment(request, request.Dispatched, inputs.Count, 1));
             }
 
-            request.Dispatched += take;
+            inputs.Add(request.Items[request.Dispatched]);
+            request.Dispatched++;
             if (request.Undispatched == 0)
             {
-                _queue.RemoveFirst();
-                request.Node = null;
+                UnlinkLocked(request);
+            }
+
+            if (turn.List is not null && _turns.Count > 1)
+            {
+                _turns.Remove(turn);
+                _turns.AddLast(turn);
             }
         }
 
         _queuedItems -= size;
         _runningBatches++;
+        _batchesStarted++;
         AssertInvariantsLocked();
         return new Batch(inputs, segments, startedAt);
     }
@@ -473,19 +624,49 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
     {
         Debug.Assert(!request.Done);
         request.Done = true;
-        if (request.Node is { } node)
+        if (request.Node is not null)
         {
-            _queue.Remove(node);
-            request.Node = null;
             _queuedItems -= request.Undispatched;
+            UnlinkLocked(request);
         }
 
         SetDrainedIfIdleLocked();
     }
 
+    private void AddLocked(Request request, object caller)
+    {
+        if (!_callers.TryGetValue(caller, out var queue))
+        {
+            queue = new CallerQueue(caller);
+            _callers.Add(caller, queue);
+            queue.Turn = _turns.AddLast(queue);
+        }
+
+        request.Node = _queue.AddLast(request);
+        request.Caller = queue;
+        request.CallerNode = queue.Requests.AddLast(request);
+        _queuedItems += request.Items.Count;
+    }
+
+    /// <summary>Takes the request out of the queue and its caller's; a caller with nothing left loses its turn.</summary>
+    private void UnlinkLocked(Request request)
+    {
+        _queue.Remove(request.Node!);
+        request.Node = null;
+        var caller = request.Caller!;
+        caller.Requests.Remove(request.CallerNode!);
+        request.CallerNode = null;
+        if (caller.Requests.Count == 0)
+        {
+            _turns.Remove(caller.Turn!);
+            _callers.Remove(caller.Key);
+        }
+    }
+
     private void SetDrainedIfIdleLocked()
     {
-        if (_stopping && _queuedItems == 0 && _runningBatches == 0)
+        // Disposal does not wait for open reservations: their holders get ShuttingDown when they enqueue.
+        if (_stopping && _queuedItems == 0 && _runningBatches == 0 && (_disposed || _reservedItems == 0))
         {
             _drained.TrySetResult();
         }
@@ -507,7 +688,7 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
     private void AssertInvariantsLocked()
     {
         Debug.Assert(_runningBatches >= 0 && _runningBatches <= Options.ModelInstances);
-        Debug.Assert(_queuedItems >= 0 && _queuedItems <= Options.MaxQueueSize);
+        Debug.Assert(_queuedItems >= 0 && _reservedItems >= 0 && _queuedItems + _reservedItems <= Options.MaxQueueSize);
         var sum = 0;
         foreach (var request in _queue)
         {
@@ -516,6 +697,15 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
         }
 
         Debug.Assert(sum == _queuedItems);
+        Debug.Assert(_turns.Count == _callers.Count);
+        var byCaller = 0;
+        foreach (var caller in _turns)
+        {
+            Debug.Assert(caller.Requests.Count > 0);
+            byCaller += caller.Requests.Count;
+        }
+
+        Debug.Assert(byCaller == _queue.Count);
     }
 
     private sealed class Request(DynamicBatcher<TInput, TOutput> batcher, IReadOnlyList<TInput> items,
@@ -530,6 +720,8 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
 
         // Guarded by the batcher's lock.
         public LinkedListNode<Request>? Node { get; set; }
+        public CallerQueue? Caller { get; set; }
+        public LinkedListNode<Request>? CallerNode { get; set; }
         public int Dispatched { get; set; }
         public int Unanswered { get; set; } = items.Count;
         public bool Done { get; set; }
@@ -559,6 +751,14 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
             _deadlineTimer?.Dispose();
             _registration.Dispose();
         }
+    }
+
+    /// <summary>One caller's requests with undispatched items, oldest first. Guarded by the batcher's lock.</summary>
+    private sealed class CallerQueue(object key)
+    {
+        public object Key { get; } = key;
+        public LinkedList<Request> Requests { get; } = new();
+        public LinkedListNode<CallerQueue>? Turn { get; set; }
     }
 
     private readonly record struct Segment(Request Request, int RequestIndex, int BatchIndex, int Count);

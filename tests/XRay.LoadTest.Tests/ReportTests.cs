@@ -28,7 +28,7 @@ public sealed class ReportTests
         Assert.Equal(["queue_ms", "compute_ms", "batch_size", "model_busy_fraction"], Names(run.GetProperty("server")));
         Assert.Equal(["mean", "image_weighted_mean", "max", "images_by_batch_size"], Names(run.GetProperty("server").GetProperty("batch_size")));
         Assert.Equal(["cpu_seconds", "cores_used", "percent_of_machine"], Names(run.GetProperty("client_cpu")));
-        Assert.Equal(["model", "raw_allocator", "raw", "unbatched", "batched", "ratios"], Names(bench));
+        Assert.Equal(["model", "raw_allocator", "raw", "unbatched", "batched", "ratios", "compared"], Names(bench));
         Assert.Equal(["batch_size", "iterations", "images_per_s", "forward_ms"], Names(bench.GetProperty("raw")[0]));
         Assert.Equal(["unbatched_over_raw_b1", "batched_raw_equivalent_images_per_s", "batched_over_raw_same_batch_sizes", "raw_best_images_per_s",
             "batched_over_unbatched", "batched_over_unbatched_p50", "raw_b1_forward_p50_ms", "served_c1_p50_ms", "overhead_p50_ms",

@@ -159,6 +159,73 @@ public class ImagePreprocessorTests
     }
 
     [Fact]
+    public void Decode_LargeJpeg_DecodedAtReducedScale_MatchesTheFullScaleDecode()
+    {
+        // 1024 x 800 for a 224 px resize: libjpeg's 3/8 scale (384 x 300) is the smallest that keeps 224.
+        var picture = new byte[800, 1024];
+        for (var y = 0; y < 800; y++)
+        {
+            for (var x = 0; x < 1024; x++)
+            {
+                // Smooth, as a radiograph is at this scale: a DCT-scaled decode differs only in how it blurs fine detail.
+                picture[y, x] = (byte)(128 + 60 * Math.Sin(x / 37.0) * Math.Cos(y / 53.0) + 40 * Math.Sin((x + y) / 90.0));
+            }
+        }
+        var jpeg = TestImages.Jpeg(picture);
+        using (var codec = SKCodec.Create(new SKMemoryStream(jpeg)))
+        {
+            Assert.Equal(new SKSizeI(384, 300), ImagePreprocessor.ReducedJpegSize(codec, Spec.ResizeSize));
+        }
+
+        var fromPng = Decode(TestImages.GrayPng(picture));
+        var fromJpeg = Decode(jpeg);
+
+        AssertClose(fromPng, fromJpeg, 0.1f);
+    }
+
+    [Fact]
+    public void ReducedJpegSize_SmallJpeg_IsNotReduced()
+    {
+        // 7/8 would make the shorter side 175, below the 224 px resize.
+        using var codec = SKCodec.Create(new SKMemoryStream(TestImages.Jpeg(TestImages.Pattern(200, 250))));
+
+        Assert.Equal(new SKSizeI(200, 250), ImagePreprocessor.ReducedJpegSize(codec, Spec.ResizeSize));
+    }
+
+    public static TheoryData<string, byte[]> HugeHeaders => new()
+    {
+        { "PNG", TestImages.WithPngSize(TestImages.GrayPng(TestImages.Pattern(64, 48)), 60000, 60000) },
+        { "PNG", TestImages.WithPngSize(TestImages.Gray16Png(new ushort[48, 64]), 60000, 60000) },
+        { "JPEG", TestImages.WithJpegSize(TestImages.Jpeg(TestImages.Pattern(64, 48)), 60000, 60000) },
+    };
+
+    [Theory]
+    [MemberData(nameof(HugeHeaders))]
+    public void Decode_HeaderOverThePixelCap_RefusedBeforeAllocatingPixels(string format, byte[] encoded)
+    {
+        var output = new float[_preprocessor.OutputLength];
+        var allocatedBefore = GC.GetAllocatedBytesForCurrentThread();
+
+        var error = Assert.Throws<InvalidImageException>(() => _preprocessor.Decode(encoded, output, maxPixels: 25_000_000));
+
+        // A decode would need 60000 x 60000 x 4 bytes (14 GB); refusing from the header allocates next to nothing.
+        Assert.InRange(GC.GetAllocatedBytesForCurrentThread() - allocatedBefore, 0, 64 * 1024);
+        Assert.Equal($"The {format} image is 60000 x 60000 pixels; at most 25,000,000 pixels are accepted.", error.Message);
+    }
+
+    [Fact]
+    public void Decode_MaxPixels_IsTheCapOfThisCall()
+    {
+        var png = TestImages.GrayPng(TestImages.Pattern(300, 260));
+        var output = new float[_preprocessor.OutputLength];
+
+        _preprocessor.Decode(png, output, maxPixels: 300 * 260);
+        var error = Assert.Throws<InvalidImageException>(() => _preprocessor.Decode(png, output, maxPixels: 300 * 260 - 1));
+
+        Assert.Equal("The PNG image is 300 x 260 pixels; at most 77,999 pixels are accepted.", error.Message);
+    }
+
+    [Fact]
     public void Decode_JpegWithExifOrientation_IsRotatedAsDisplayed()
     {
         // Stored: top half white, bottom half black. Orientation 6 (RightTop) is displayed rotated 90 degrees

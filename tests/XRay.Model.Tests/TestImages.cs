@@ -131,6 +131,34 @@ internal static class TestImages
         return [.. jpeg.AsSpan(0, 2), .. segment, .. jpeg.AsSpan(2)];
     }
 
+    /// <summary>The PNG with its IHDR claiming another size (CRC fixed): a header that lies about the pixels behind it.</summary>
+    public static byte[] WithPngSize(byte[] png, int width, int height)
+    {
+        var copy = (byte[])png.Clone();
+        BinaryPrimitives.WriteInt32BigEndian(copy.AsSpan(16), width);
+        BinaryPrimitives.WriteInt32BigEndian(copy.AsSpan(20), height);
+        BinaryPrimitives.WriteUInt32BigEndian(copy.AsSpan(29), Crc32(copy.AsSpan(12, 17)));
+        return copy;
+    }
+
+    /// <summary>The JPEG with its start-of-frame segment claiming another size.</summary>
+    public static byte[] WithJpegSize(byte[] jpeg, ushort width, ushort height)
+    {
+        var copy = (byte[])jpeg.Clone();
+        for (var i = 2; i + 9 < copy.Length; i++)
+        {
+            // SOF0 (baseline) or SOF2 (progressive): FF C0/C2, length, precision, height, width.
+            if (copy[i] == 0xFF && copy[i + 1] is 0xC0 or 0xC2)
+            {
+                BinaryPrimitives.WriteUInt16BigEndian(copy.AsSpan(i + 5), height);
+                BinaryPrimitives.WriteUInt16BigEndian(copy.AsSpan(i + 7), width);
+                return copy;
+            }
+        }
+
+        throw new ArgumentException("no start-of-frame segment found", nameof(jpeg));
+    }
+
     private static int Paeth(int a, int b, int c)
     {
         int p = a + b - c, pa = Math.Abs(p - a), pb = Math.Abs(p - b), pc = Math.Abs(p - c);

@@ -20,6 +20,12 @@ public sealed record BenchResult
     public ServedPhase? Batched { get; init; }
 
     public required BenchRatios Ratios { get; init; }
+
+    /// <summary>
+    /// With several runtimes compared (<c>--compare</c>): each configuration's own bench, measured one after another in
+    /// this run, in the order asked; this record's other fields repeat the first. Null for a single configuration.
+    /// </summary>
+    public IReadOnlyList<BenchResult>? Compared { get; init; }
 }
 
 public sealed record ModelSummary
@@ -27,6 +33,9 @@ public sealed record ModelSummary
     public required string Name { get; init; }
     public required string Version { get; init; }
     public required string Architecture { get; init; }
+
+    /// <summary>torch or onnxruntime; empty in reports written before runtimes were compared.</summary>
+    public string Runtime { get; init; } = "";
     public required string Device { get; init; }
     public required string Precision { get; init; }
 }

@@ -23,6 +23,15 @@ public sealed record BenchOptions
     /// <summary>fp32 (default) or bf16.</summary>
     public string Precision { get; init; } = "fp32";
 
+    /// <summary>auto (default: as the server picks), torch or onnxruntime: for the raw run and the servers started.</summary>
+    public string Runtime { get; init; } = "auto";
+
+    /// <summary>
+    /// Runtime and precision pairs to measure side by side in this run (each a whole bench: raw, unbatched, batched),
+    /// e.g. onnxruntime/fp32, torch/fp32, torch/bf16; empty (default): only <see cref="Runtime"/> and <see cref="Precision"/>.
+    /// </summary>
+    public IReadOnlyList<(string Runtime, string Precision)> Compare { get; init; } = [];
+
     /// <summary>Raw batch sizes (default 1, 2, 4, 8, 16, 32).</summary>
     public IReadOnlyList<int> RawBatchSizes { get; init; } = [1, 2, 4, 8, 16, 32];
 
@@ -84,7 +93,21 @@ public sealed class BenchRunner(BenchOptions benchOptions, IRunPresenter present
             : null;
         try
         {
-            return await RunAsync(options, randomModel, cancellationToken).ConfigureAwait(false);
+            if (options.Compare.Count == 0)
+            {
+                return await RunAsync(options, randomModel, cancellationToken).ConfigureAwait(false);
+            }
+
+            var results = new List<BenchResult>();
+            foreach (var (runtime, precision) in options.Compare)
+            {
+                presenter.Log($"=== {runtime} {precision} ===");
+                // The random-weight checkpoint is saved by the first raw run and served by every configuration.
+                BenchOptions configuration = options with { Runtime = runtime, Precision = precision };
+                if (results.Count > 0 && randomModel is not null) configuration = configuration with { ModelPath = randomModel, Architecture = null };
+                results.Add(await RunAsync(configuration, results.Count == 0 ? randomModel : null, cancellationToken).ConfigureAwait(false));
+            }
+            return results[0] with { Compared = results };
         }
         finally
         {
@@ -100,7 +123,7 @@ public sealed class BenchRunner(BenchOptions benchOptions, IRunPresenter present
         // (a) Raw, first: nothing else is running yet.
         presenter.Log($"(a) raw model ({train} raw-benchmark), batch sizes {string.Join(",", options.RawBatchSizes)} ...");
         RawRun first = await RawModelBenchmark.RunAsync(train,
-            RawModelBenchmark.Arguments(options.ModelPath, randomModel is null ? null : options.Architecture, randomModel, options.Device, options.Precision,
+            RawModelBenchmark.Arguments(options.ModelPath, randomModel is null ? null : options.Architecture, randomModel, options.Runtime, options.Device, options.Precision,
                 options.RawBatchSizes, options.RawSeconds, options.RawIterations),
             presenter.Log, cancellationToken).ConfigureAwait(false);
         if (randomModel is not null) options = options with { ModelPath = randomModel };
@@ -125,7 +148,7 @@ public sealed class BenchRunner(BenchOptions benchOptions, IRunPresenter present
         {
             presenter.Log($"(a) raw model at the batch sizes the batched server ran: {string.Join(",", observed)} ...");
             RawRun more = await RawModelBenchmark.RunAsync(train,
-                RawModelBenchmark.Arguments(options.ModelPath, null, null, options.Device, options.Precision, observed, Math.Max(1, options.RawSeconds / 2), options.RawIterations),
+                RawModelBenchmark.Arguments(options.ModelPath, null, null, options.Runtime, options.Device, options.Precision, observed, Math.Max(1, options.RawSeconds / 2), options.RawIterations),
                 presenter.Log, cancellationToken).ConfigureAwait(false);
             raw.AddRange(more.Points);
             raw.Sort((a, b) => a.BatchSize.CompareTo(b.BatchSize));
@@ -171,6 +194,7 @@ public sealed class BenchRunner(BenchOptions benchOptions, IRunPresenter present
                 string[] arguments =
                 [
                     .. batchingArguments,
+                    "--runtime", options.Runtime,
                     "--device", options.Device,
                     "--precision", options.Precision,
                     .. string.IsNullOrEmpty(options.ModelPath) ? Array.Empty<string>() : ["--model", Path.GetFullPath(options.ModelPath)],

@@ -30,12 +30,13 @@ internal static class RawModelBenchmark
     /// <summary>The xray-train arguments for one raw run.</summary>
     /// <param name="modelPath">Checkpoint folder; null: the built-in default model (or <paramref name="architecture"/>).</param>
     /// <param name="architecture">An untrained network of this architecture, saved to <paramref name="saveTo"/> first.</param>
-    public static string[] Arguments(string? modelPath, string? architecture, string? saveTo, string device, string precision,
+    public static string[] Arguments(string? modelPath, string? architecture, string? saveTo, string runtime, string device, string precision,
         IReadOnlyList<int> batchSizes, double minSeconds, int minIterations) =>
     [
         "raw-benchmark",
         .. modelPath is null ? Array.Empty<string>() : ["--model", Path.GetFullPath(modelPath)],
         .. architecture is null ? Array.Empty<string>() : ["--architecture", architecture, "--save-checkpoint", saveTo!],
+        "--runtime", runtime,
         "--device", device,
         "--precision", precision,
         "--batch-sizes", string.Join(',', batchSizes),

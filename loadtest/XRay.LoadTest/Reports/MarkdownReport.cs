@@ -64,10 +64,62 @@ public static class MarkdownReport
 
     private static void Bench(StringBuilder md, BenchResult bench)
     {
+        if (bench.Compared is { Count: > 0 } compared)
+        {
+            SideBySide(md, compared);
+            foreach (BenchResult one in compared)
+            {
+                md.AppendLine();
+                md.AppendLine(Invariant, $"# {Configuration(one.Model)}");
+                OneBench(md, one);
+            }
+            return;
+        }
+
+        OneBench(md, bench);
+    }
+
+    private static string Configuration(ModelSummary model) => $"{(model.Runtime.Length > 0 ? model.Runtime : "torch")} {model.Precision}";
+
+    /// <summary>Every configuration's headline numbers in one table, each against the first.</summary>
+    private static void SideBySide(StringBuilder md, IReadOnlyList<BenchResult> compared)
+    {
         md.AppendLine();
-        md.AppendLine(Invariant, $"Model {bench.Model.Name} {bench.Model.Version} ({bench.Model.Architecture}) on {bench.Model.Device}, {bench.Model.Precision}.");
+        md.AppendLine("## Runtimes side by side");
         md.AppendLine();
-        md.AppendLine(Invariant, $"## (a) Raw model, in-process ModelRunner ({bench.RawAllocator})");
+        int[] sizes = compared.SelectMany(b => b.Raw.Select(p => p.BatchSize)).Distinct().Order().ToArray();
+        md.AppendLine("| configuration | " + string.Join(" | ", sizes.Select(size => $"raw b{size} img/s")) +
+            " | raw b1 forward p50 ms | unbatched img/s | batched img/s | batched / raw same sizes | batched / raw best | one caller p50 ms | p50 over raw b1 ms |");
+        md.AppendLine("|---|" + string.Concat(sizes.Select(_ => "--:|")) + "--:|--:|--:|--:|--:|--:|--:|");
+        foreach (BenchResult b in compared)
+        {
+            string raw = string.Join(" | ", sizes.Select(size => F(b.Raw.FirstOrDefault(p => p.BatchSize == size)?.ImagesPerS)));
+            BenchRatios r = b.Ratios;
+            md.AppendLine(Invariant,
+                $"| {Configuration(b.Model)} | {raw} | {F(r.RawB1ForwardP50Ms)} | {F(b.Unbatched?.Run.Throughput.ImagesPerS)} | {F(b.Batched?.Run.Throughput.ImagesPerS)} | " +
+                $"{F(r.BatchedOverRawSameBatchSizes)} | {F(Divide(b.Batched?.Run.Throughput.ImagesPerS, r.RawBestImagesPerS))} | {F(r.ServedC1P50Ms)} | {F(r.OverheadP50Ms)} |");
+        }
+
+        BenchResult first = compared[0];
+        md.AppendLine();
+        md.AppendLine(Invariant, $"Against {Configuration(first.Model)}:");
+        md.AppendLine();
+        md.AppendLine("| configuration | raw best | batched served | one caller p50 (lower is better) |");
+        md.AppendLine("|---|--:|--:|--:|");
+        foreach (BenchResult b in compared.Skip(1))
+        {
+            md.AppendLine(Invariant,
+                $"| {Configuration(b.Model)} | {F(Divide(b.Ratios.RawBestImagesPerS, first.Ratios.RawBestImagesPerS))}x | " +
+                $"{F(Divide(b.Batched?.Run.Throughput.ImagesPerS, first.Batched?.Run.Throughput.ImagesPerS))}x | {F(Divide(b.Ratios.ServedC1P50Ms, first.Ratios.ServedC1P50Ms))}x |");
+        }
+    }
+
+    private static void OneBench(StringBuilder md, BenchResult bench)
+    {
+        md.AppendLine();
+        md.AppendLine(Invariant, $"Model {bench.Model.Name} {bench.Model.Version} ({bench.Model.Architecture}) on {Configuration(bench.Model)}, {bench.Model.Device}.");
+        md.AppendLine();
+        md.AppendLine(Invariant, $"## (a) Raw model, in-process {(bench.Model.Runtime == "onnxruntime" ? "OnnxRuntimeRunner" : "ModelRunner")} ({bench.RawAllocator})");
         md.AppendLine();
         md.AppendLine("| batch | img/s | forward p50 ms | forward p99 ms | forwards |");
         md.AppendLine("|--:|--:|--:|--:|--:|");

@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Runtime.InteropServices;
 using SkiaSharp;
 using XRay.Model.Imaging;
@@ -13,7 +12,10 @@ namespace XRay.Model;
 /// </summary>
 public sealed class ImagePreprocessor
 {
-    /// <summary>Decoding refuses images above this many pixels (a 16-bit 8000 x 5000 film still fits).</summary>
+    /// <summary>
+    /// Decoding refuses images above this many pixels unless told a smaller cap (a 16-bit 8000 x 5000 film still fits).
+    /// The server passes its own, smaller cap.
+    /// </summary>
     public const long MaxPixels = 40_000_000;
 
     private static readonly byte[] PngSignature = [0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A];
@@ -44,17 +46,19 @@ public sealed class ImagePreprocessor
 
     /// <summary>
     /// PNG (8 or 16 bits; grayscale, grayscale+alpha, RGB, RGBA, palette) or JPEG, any size up to
-    /// <see cref="MaxPixels"/>: to luma (BT.601 weights; alpha ignored; 16-bit grayscale at full precision, other
-    /// 16-bit PNGs reduced to 8 bits by Skia), EXIF orientation applied, shorter side
-    /// resized to <c>ResizeSize</c> (antialiased bilinear), centre-cropped, scaled to [0, 1], replicated to three
-    /// channels (unless the spec is 1-channel) and normalised. No colour management: stored values are used as they are.
+    /// <paramref name="maxPixels"/> (width x height read from the header, refused before any pixel memory is allocated):
+    /// to luma (BT.601 weights; alpha ignored; 16-bit grayscale at full precision, other 16-bit PNGs reduced to 8 bits
+    /// by Skia), EXIF orientation applied, shorter side resized to <c>ResizeSize</c> (antialiased bilinear; a JPEG is
+    /// first decoded at the smallest DCT scale, 1/8 to 8/8, that keeps its shorter side at least <c>ResizeSize</c>,
+    /// which costs far less memory and time), centre-cropped, scaled to [0, 1], replicated to three channels (unless
+    /// the spec is 1-channel) and normalised. No colour management: stored values are used as they are.
     /// </summary>
     /// <exception cref="InvalidImageException">The bytes are not a decodable PNG or JPEG, or the image is too large.</exception>
-    public void Decode(ReadOnlySpan<byte> encoded, Span<float> destination)
+    public void Decode(ReadOnlySpan<byte> encoded, Span<float> destination, long maxPixels = MaxPixels)
     {
         CheckDestination(destination);
         var plane = destination[.._planeLength];
-        DecodeToLuma(encoded, plane);
+        DecodeToLuma(encoded, plane, maxPixels);
         NormalizeReplicated(plane, destination);
     }
 
@@ -63,13 +67,14 @@ public sealed class ImagePreprocessor
     /// (decoded, oriented, resized, centre-cropped). Training augments this before normalising.
     /// </summary>
     /// <exception cref="InvalidImageException">The bytes are not a decodable PNG or JPEG, or the image is too large.</exception>
-    public void DecodeToLuma(ReadOnlySpan<byte> encoded, Span<float> plane)
+    public void DecodeToLuma(ReadOnlySpan<byte> encoded, Span<float> plane, long maxPixels = MaxPixels)
     {
         if (plane.Length != _planeLength)
         {
             throw new ArgumentException($"The luma plane holds {plane.Length} values; CropSize x CropSize is {_planeLength}.", nameof(plane));
         }
-        var (gray, width, height) = DecodeLuma(encoded);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxPixels, 1);
+        var (gray, width, height) = DecodeLuma(encoded, Math.Min(maxPixels, MaxPixels), Spec.ResizeSize);
         try
         {
             Resampler.ResizeShorterSideAndCenterCrop(
@@ -77,7 +82,7 @@ public sealed class ImagePreprocessor
         }
         finally
         {
-            ArrayPool<float>.Shared.Return(gray);
+            PixelBuffers.Return(gray);
         }
     }
 
@@ -180,7 +185,7 @@ public sealed class ImagePreprocessor
     }
 
     /// <summary>Decodes to a luma plane in [0, 1], oriented for display. The array is rented: return it to the pool.</summary>
-    private static (float[] Gray, int Width, int Height) DecodeLuma(ReadOnlySpan<byte> encoded)
+    private static (float[] Gray, int Width, int Height) DecodeLuma(ReadOnlySpan<byte> encoded, long maxPixels, int resizeSize)
     {
         if (encoded.IsEmpty)
         {
@@ -201,14 +206,14 @@ public sealed class ImagePreprocessor
             float[]? rented = null;
             try
             {
-                var (w, h) = Gray16PngDecoder.Decode(encoded, MaxPixels, n => rented = ArrayPool<float>.Shared.Rent(n));
+                var (w, h) = Gray16PngDecoder.Decode(encoded, maxPixels, n => rented = PixelBuffers.Rent<float>(n));
                 return (rented!, w, h);
             }
             catch
             {
                 if (rented is not null)
                 {
-                    ArrayPool<float>.Shared.Return(rented);
+                    PixelBuffers.Return(rented);
                 }
 
                 throw;
@@ -222,20 +227,21 @@ public sealed class ImagePreprocessor
             ?? throw new InvalidImageException($"The {format} header could not be read ({createResult}, {encoded.Length} bytes).");
 
         var info = codec.Info;
-        if (info.Width <= 0 || info.Height <= 0 || (long)info.Width * info.Height > MaxPixels)
+        if (info.Width <= 0 || info.Height <= 0 || (long)info.Width * info.Height > maxPixels)
         {
             throw new InvalidImageException(
-                $"The {format} image is {info.Width} x {info.Height} pixels; at most {MaxPixels:N0} pixels are accepted.");
+                $"The {format} image is {info.Width} x {info.Height} pixels; at most {maxPixels:N0} pixels are accepted.");
         }
 
         // Skia decodes other 16-bit PNGs (RGB, RGBA, interlaced) to 8 bits per channel.
         var colorType = info.ColorType == SKColorType.Gray8 ? SKColorType.Gray8 : SKColorType.Rgba8888;
-        var decodeInfo = new SKImageInfo(info.Width, info.Height, colorType, SKAlphaType.Unpremul);
+        var size = isJpeg ? ReducedJpegSize(codec, resizeSize) : info.Size;
+        var decodeInfo = new SKImageInfo(size.Width, size.Height, colorType, SKAlphaType.Unpremul);
 
-        var width = info.Width;
-        var height = info.Height;
+        var width = size.Width;
+        var height = size.Height;
         var rowBytes = decodeInfo.RowBytes;
-        var pixels = ArrayPool<byte>.Shared.Rent(checked(rowBytes * height));
+        var pixels = PixelBuffers.Rent<byte>(checked(rowBytes * height));
         try
         {
             var handle = GCHandle.Alloc(pixels, GCHandleType.Pinned);
@@ -255,7 +261,7 @@ public sealed class ImagePreprocessor
                 throw new InvalidImageException($"The {format} image ({width} x {height}) is {why}: decoding ended with {result}.");
             }
 
-            var gray = ArrayPool<float>.Shared.Rent(width * height);
+            var gray = PixelBuffers.Rent<float>(width * height);
             for (var y = 0; y < height; y++)
             {
                 LumaRow(pixels.AsSpan(y * rowBytes, rowBytes), colorType, gray.AsSpan(y * width, width));
@@ -265,8 +271,27 @@ public sealed class ImagePreprocessor
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(pixels);
+            PixelBuffers.Return(pixels);
         }
+    }
+
+    /// <summary>
+    /// The smallest size libjpeg's DCT scaling (M/8, M = 1..8) decodes the JPEG to whose shorter side is still at least
+    /// <paramref name="resizeSize"/>: a 4300 x 3500 film for a 256 px target decodes at 1/8 (538 x 438), 64x fewer pixels,
+    /// with each output pixel the mean of its block, which is the antialiasing the resize needs anyway.
+    /// </summary>
+    internal static SKSizeI ReducedJpegSize(SKCodec codec, int resizeSize)
+    {
+        for (var m = 1; m < 8; m++)
+        {
+            var scaled = codec.GetScaledDimensions(m / 8f);
+            if (Math.Min(scaled.Width, scaled.Height) >= resizeSize)
+            {
+                return scaled;
+            }
+        }
+
+        return codec.Info.Size;
     }
 
     /// <summary>
@@ -310,7 +335,7 @@ public sealed class ImagePreprocessor
         var transposed = origin is SKEncodedOrigin.LeftTop or SKEncodedOrigin.RightTop
             or SKEncodedOrigin.RightBottom or SKEncodedOrigin.LeftBottom;
         var (outWidth, outHeight) = transposed ? (height, width) : (width, height);
-        var oriented = ArrayPool<float>.Shared.Rent(width * height);
+        var oriented = PixelBuffers.Rent<float>(width * height);
         for (var y = 0; y < outHeight; y++)
         {
             for (var x = 0; x < outWidth; x++)
@@ -331,7 +356,7 @@ public sealed class ImagePreprocessor
             }
         }
 
-        ArrayPool<float>.Shared.Return(stored);
+        PixelBuffers.Return(stored);
         return (oriented, outWidth, outHeight);
     }
 }

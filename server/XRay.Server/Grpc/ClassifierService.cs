@@ -12,6 +12,7 @@ namespace XRay.Server.Grpc;
 /// <summary>The xray.v1.Classifier service: validates and decodes requests, queues them on the batcher, answers.</summary>
 public sealed partial class ClassifierService(
     ModelHost host,
+    DecodePool decodePool,
     IOptions<BatchingOptions> batchingOptions,
     IOptions<ServingOptions> servingOptions,
     XRayMetrics metrics,
@@ -135,7 +136,13 @@ public sealed partial class ClassifierService(
         // The span of this request: the RPC's, or the stream message's. The batches that run its images link to it.
         Activity? span = Activity.Current;
         span?.SetTag(XRayTracing.RequestIdTag, LogText.Quote(request.RequestId));
-        float[][] images = RequestDecoder.Decode(request, model.Preprocessor, batchingOptions.Value.MaxQueueSize);
+        int maxImages = batchingOptions.Value.MaxQueueSize;
+        // Admission before decoding: room in the queue is taken (or refused at once) before a pixel is decoded, and
+        // given back if decoding fails. The caller's share is per connection (context.Peer): one connection's backlog
+        // cannot starve another's requests.
+        using QueueReservation reservation = model.Batcher.Reserve(RequestDecoder.CountImages(request, maxImages), context.Peer);
+        float[][] images = await RequestDecoder.DecodeAsync(request, model.Preprocessor, maxImages, decodePool, context.CancellationToken, model.Buffers)
+            .ConfigureAwait(false);
         span?.SetTag(XRayTracing.ImagesTag, images.Length);
         DateTimeOffset? deadline = context.Deadline == DateTime.MaxValue ? null : new DateTimeOffset(context.Deadline);
 
@@ -146,7 +153,7 @@ public sealed partial class ClassifierService(
             queued[i] = new QueuedImage(images[i], requestSpan);
         }
         ItemResult<float[]>[] results = await model.Batcher
-            .EnqueueAsync(queued, deadline, context.CancellationToken)
+            .EnqueueAsync(reservation, queued, deadline, context.CancellationToken)
             .ConfigureAwait(false);
         // A request split across batches waited until its last batch started.
         metrics.RequestQueued(results.Max(result => result.QueueTime));
@@ -247,6 +254,7 @@ internal static class ModelInfoFactory
             Name = manifest.Name,
             Version = manifest.Version,
             Architecture = manifest.Architecture,
+            Runtime = model.Backend.Runtime,
             Device = model.Backend.Device,
             Precision = model.Backend.Precision,
             Description = manifest.Description,

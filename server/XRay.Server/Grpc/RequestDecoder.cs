@@ -1,41 +1,75 @@
 using System.Runtime.InteropServices;
 using XRay.Contracts.V1;
 using XRay.Model;
+using XRay.Server.Model;
 
 namespace XRay.Server.Grpc;
 
 /// <summary>A request the server cannot classify; the message says exactly what is wrong.</summary>
 public sealed class InvalidRequestException(string message) : Exception(message);
 
-/// <summary>Turns a <see cref="ClassifyRequest"/> into normalised CHW images, one array per image.</summary>
+/// <summary>
+/// Turns a <see cref="ClassifyRequest"/> into normalised CHW images, one array per image, rented from
+/// <paramref name="buffers"/> when given (they go back once batched) or else allocated.
+/// </summary>
 internal static class RequestDecoder
 {
-    public static float[][] Decode(ClassifyRequest request, ImagePreprocessor preprocessor, int maxImages)
+    /// <summary>
+    /// How many images the request holds, from its fields alone (no pixel is read): the room it needs in the queue,
+    /// taken before decoding. A malformed tensor counts as 1; <see cref="DecodeAsync"/> then says what is wrong.
+    /// </summary>
+    public static int CountImages(ClassifyRequest request, int maxImages)
     {
+        long count = request.InputCase switch
+        {
+            ClassifyRequest.InputOneofCase.Tensor => request.Tensor.Shape.Count == 4 ? Math.Max(1, request.Tensor.Shape[0]) : 1,
+            ClassifyRequest.InputOneofCase.Encoded => request.Encoded.Images.Count,
+            _ => throw NoInput(),
+        };
+        if (count == 0)
+        {
+            throw EmptyEncoded();
+        }
+        CheckCount(count, maxImages);
+        return (int)count;
+    }
+
+    /// <summary>Decodes every image; encoded ones one at a time, each on the <paramref name="pool"/>.</summary>
+    public static async Task<float[][]> DecodeAsync(ClassifyRequest request, ImagePreprocessor preprocessor, int maxImages,
+        DecodePool pool, CancellationToken cancellationToken, ImageBuffers? buffers = null)
+    {
+        Func<float[]> newImage = buffers is not null && buffers.ImageLength == preprocessor.OutputLength
+            ? buffers.RentImage
+            : () => new float[preprocessor.OutputLength];
         return request.InputCase switch
         {
-            ClassifyRequest.InputOneofCase.Tensor => DecodeTensor(request.Tensor, preprocessor, maxImages),
-            ClassifyRequest.InputOneofCase.Encoded => DecodeEncoded(request.Encoded, preprocessor, maxImages),
-            _ => throw new InvalidRequestException("The request has no input: set tensor or encoded."),
+            ClassifyRequest.InputOneofCase.Tensor => DecodeTensor(request.Tensor, preprocessor, maxImages, newImage),
+            ClassifyRequest.InputOneofCase.Encoded => await DecodeEncodedAsync(request.Encoded, preprocessor, maxImages, pool, newImage, cancellationToken).ConfigureAwait(false),
+            _ => throw NoInput(),
         };
     }
 
-    private static float[][] DecodeEncoded(EncodedImages encoded, ImagePreprocessor preprocessor, int maxImages)
+    private static InvalidRequestException NoInput() => new("The request has no input: set tensor or encoded.");
+
+    private static InvalidRequestException EmptyEncoded() => new("encoded.images is empty: send at least one PNG or JPEG image.");
+
+    private static async Task<float[][]> DecodeEncodedAsync(EncodedImages encoded, ImagePreprocessor preprocessor, int maxImages,
+        DecodePool pool, Func<float[]> newImage, CancellationToken cancellationToken)
     {
         int count = encoded.Images.Count;
         if (count == 0)
         {
-            throw new InvalidRequestException("encoded.images is empty: send at least one PNG or JPEG image.");
+            throw EmptyEncoded();
         }
         CheckCount(count, maxImages);
 
         var images = new float[count][];
         for (int i = 0; i < count; i++)
         {
-            images[i] = new float[preprocessor.OutputLength];
+            images[i] = newImage();
             try
             {
-                preprocessor.Decode(encoded.Images[i].Span, images[i]);
+                await pool.DecodeAsync(preprocessor, encoded.Images[i].Memory, images[i], cancellationToken).ConfigureAwait(false);
             }
             catch (InvalidImageException ex)
             {
@@ -45,7 +79,7 @@ internal static class RequestDecoder
         return images;
     }
 
-    private static float[][] DecodeTensor(Tensor tensor, ImagePreprocessor preprocessor, int maxImages)
+    private static float[][] DecodeTensor(Tensor tensor, ImagePreprocessor preprocessor, int maxImages, Func<float[]> newImage)
     {
         int size = preprocessor.Spec.CropSize;
         var shape = tensor.Shape;
@@ -89,7 +123,7 @@ internal static class RequestDecoder
         var images = new float[count][];
         for (int i = 0; i < count; i++)
         {
-            images[i] = new float[preprocessor.OutputLength];
+            images[i] = newImage();
             ReadOnlySpan<byte> bytes = data.Slice(i * imageElements * elementSize, imageElements * elementSize);
             if (tensor.Dtype == DataType.Uint8)
             {

@@ -13,6 +13,7 @@ public static class ServingExtensions
     public static readonly IReadOnlyDictionary<string, string> SwitchMappings = new Dictionary<string, string>
     {
         ["--model"] = "Model:Path",
+        ["--runtime"] = "Model:Runtime",
         ["--device"] = "Model:Device",
         ["--precision"] = "Model:Precision",
         ["--warmup"] = "Model:Warmup",
@@ -20,6 +21,8 @@ public static class ServingExtensions
         ["--max-queue-delay-us"] = "Batching:MaxQueueDelayMicroseconds",
         ["--max-queue-size"] = "Batching:MaxQueueSize",
         ["--model-instances"] = "Batching:ModelInstances",
+        ["--max-pixels"] = "Decoding:MaxPixels",
+        ["--max-concurrent-decodes"] = "Decoding:MaxConcurrentDecodes",
         ["--grpc-url"] = "Kestrel:Endpoints:Grpc:Url",
         ["--metrics-url"] = "Kestrel:Endpoints:Metrics:Url",
         ["--admin-url"] = "Kestrel:Endpoints:Admin:Url",
@@ -28,11 +31,18 @@ public static class ServingExtensions
     public static IServiceCollection AddXrayServing(this IServiceCollection services, IConfiguration configuration)
     {
         services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.SectionName))
-            .ValidateDataAnnotations().ValidateOnStart();
+            .ValidateDataAnnotations()
+            .Validate(options => options.RuntimeError() is null, "Model:Runtime onnxruntime runs fp32 only: Model:Precision bf16 needs Model:Runtime torch or auto.")
+            .ValidateOnStart();
         services.AddOptions<BatchingOptions>().Bind(configuration.GetSection(BatchingOptions.SectionName))
             .ValidateOnStart();
         services.AddSingleton<IValidateOptions<BatchingOptions>, BatchingOptionsValidator>();
         services.AddOptions<ServingOptions>().Bind(configuration.GetSection(ServingOptions.SectionName))
+            .ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<DecodingOptions>().Bind(configuration.GetSection(DecodingOptions.SectionName))
+            .ValidateDataAnnotations().ValidateOnStart();
+        services.AddSingleton<DecodePool>();
+        services.AddOptions<MemoryOptions>().Bind(configuration.GetSection(MemoryOptions.SectionName))
             .ValidateDataAnnotations().ValidateOnStart();
 
         services.AddGrpc();
@@ -42,11 +52,12 @@ public static class ServingExtensions
 
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<HealthServiceImpl>();
-        services.AddSingleton<IModelBackendFactory, TorchModelBackendFactory>();
+        services.AddSingleton<IModelBackendFactory, ModelBackendFactory>();
         services.AddSingleton<ModelHost>();
         services.AddXrayTelemetry(configuration);
         services.AddXrayAdminEndpoint(configuration);
         services.AddHostedService(provider => provider.GetRequiredService<ModelHost>());
+        services.AddHostedService<IdleMemoryRelease>();
         return services;
     }
 

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using XRay.Batching;
 using XRay.Server.Telemetry;
@@ -5,12 +6,15 @@ using XRay.Server.Telemetry;
 namespace XRay.Server.Model;
 
 /// <summary>One normalised CHW image waiting for a batch, with the span of the request it belongs to.</summary>
-/// <param name="Pixels">The image, already preprocessed.</param>
+/// <param name="Pixels">The image, already preprocessed; rented from <see cref="ImageBuffers"/> and given back once batched.</param>
 /// <param name="Request">The request's span, which the batch span links to; default when not traced.</param>
 public readonly record struct QueuedImage(float[] Pixels, ActivityContext Request);
 
-/// <summary>Runs one batch of normalised images (one CHW array each) and splits the logits back per image.</summary>
-internal sealed class ImageBatchHandler(IModelBackend backend) : IBatchHandler<QueuedImage, float[]>
+/// <summary>
+/// Runs one batch of normalised images and splits the logits back per image. Each image is copied once, into its row
+/// of a pooled batch buffer that the runtime reads in place; the image's own buffer goes back to the pool.
+/// </summary>
+internal sealed class ImageBatchHandler(IModelBackend backend, ImageBuffers buffers) : IBatchHandler<QueuedImage, float[]>
 {
     public async Task<IReadOnlyList<float[]>> ExecuteAsync(IReadOnlyList<QueuedImage> batch, CancellationToken cancellationToken)
     {
@@ -29,25 +33,31 @@ internal sealed class ImageBatchHandler(IModelBackend backend) : IBatchHandler<Q
 
     private async Task<IReadOnlyList<float[]>> RunAsync(IReadOnlyList<QueuedImage> batch, CancellationToken cancellationToken)
     {
-        int imageLength = batch[0].Pixels.Length;
-        var input = new float[batch.Count * imageLength];
-        for (int i = 0; i < batch.Count; i++)
+        int imageLength = buffers.ImageLength;
+        int classes = backend.Manifest.ClassNames.Count;
+        float[] input = buffers.RentBatch();
+        float[] logits = ArrayPool<float>.Shared.Rent(batch.Count * classes);
+        try
         {
-            batch[i].Pixels.CopyTo(input, i * imageLength);
-        }
+            for (int i = 0; i < batch.Count; i++)
+            {
+                float[] pixels = batch[i].Pixels;
+                pixels.AsSpan(0, imageLength).CopyTo(input.AsSpan(i * imageLength, imageLength));
+                buffers.ReturnImage(pixels);
+            }
 
-        float[] logits = await backend.RunAsync(input, batch.Count, cancellationToken).ConfigureAwait(false);
-        if (logits.Length % batch.Count != 0)
-        {
-            throw new InvalidOperationException($"The model returned {logits.Length} logits for a batch of {batch.Count} images.");
+            await backend.RunAsync(input, batch.Count, logits, cancellationToken).ConfigureAwait(false);
+            var rows = new float[batch.Count][];
+            for (int i = 0; i < batch.Count; i++)
+            {
+                rows[i] = logits.AsSpan(i * classes, classes).ToArray();
+            }
+            return rows;
         }
-
-        int classes = logits.Length / batch.Count;
-        var rows = new float[batch.Count][];
-        for (int i = 0; i < batch.Count; i++)
+        finally
         {
-            rows[i] = logits.AsSpan(i * classes, classes).ToArray();
+            ArrayPool<float>.Shared.Return(logits);
+            buffers.ReturnBatch(input);
         }
-        return rows;
     }
 }

@@ -7,17 +7,18 @@ using XRay.Server.Telemetry;
 
 namespace XRay.Server.Model;
 
-/// <summary>The model as served: backend, preprocessing and the batcher in front of it.</summary>
+/// <summary>The model as served: backend, preprocessing, the buffers images are decoded into and the batcher in front of it.</summary>
 public sealed record ServedModel(
     IModelBackend Backend,
     ImagePreprocessor Preprocessor,
+    ImageBuffers Buffers,
     DynamicBatcher<QueuedImage, float[]> Batcher,
     IReadOnlyList<float> Thresholds)
 {
     public ModelManifest Manifest => Backend.Manifest;
 
     /// <summary>What the model gauges read: this model's labels and its batcher's live counts.</summary>
-    public ModelGaugeSource Gauges => new(Manifest.Name, Manifest.Version, Manifest.Architecture, Backend.Device, Backend.Precision,
+    public ModelGaugeSource Gauges => new(Manifest.Name, Manifest.Version, Manifest.Architecture, Backend.Runtime, Backend.Device, Backend.Precision,
         () => Batcher.QueuedItems, Batcher.Options.MaxQueueSize, () => Batcher.RunningBatches);
 }
 
@@ -91,16 +92,26 @@ public sealed partial class ModelHost(
         try
         {
             ModelManifest manifest = backend.Manifest;
-            LogLoaded(logger, manifest.Name, manifest.Version, manifest.Architecture, backend.Device, backend.Precision,
+            LogLoaded(logger, manifest.Name, manifest.Version, manifest.Architecture, backend.Runtime, backend.Device, backend.Precision,
                 timeProvider.GetElapsedTime(started).TotalSeconds);
 
             IReadOnlyList<int> sizes = options.WarmupBatchSizes(batching.MaxBatchSize);
             started = timeProvider.GetTimestamp();
             await backend.WarmUpAsync(sizes, cancellationToken).ConfigureAwait(false);
+            PreferredBatchSizes? preferred = null;
+            if (options.Warmup == ModelOptions.WarmupMeasure)
+            {
+                preferred = await BatchSizeProfiler.LearnAsync(backend, batching.MaxBatchSize, timeProvider, cancellationToken).ConfigureAwait(false);
+                LogPreferredSizes(logger, string.Join(",", preferred.Sizes));
+            }
             LogWarmedUp(logger, string.Join(",", sizes), timeProvider.GetElapsedTime(started).TotalSeconds);
 
-            var batcher = new DynamicBatcher<QueuedImage, float[]>(new ImageBatchHandler(backend), batching, timeProvider, metrics.BatcherObserver);
-            return new ServedModel(backend, new ImagePreprocessor(manifest.Preprocessing), batcher, manifest.EffectiveThresholds);
+            var buffers = new ImageBuffers(manifest.Preprocessing.OutputLength, batching.MaxBatchSize, batching.ModelInstances);
+            var batcher = new DynamicBatcher<QueuedImage, float[]>(new ImageBatchHandler(backend, buffers), batching, timeProvider, metrics.BatcherObserver)
+            {
+                PreferredBatchSizes = preferred,
+            };
+            return new ServedModel(backend, new ImagePreprocessor(manifest.Preprocessing), buffers, batcher, manifest.EffectiveThresholds);
         }
         catch
         {
@@ -248,11 +259,14 @@ public sealed partial class ModelHost(
     }
 
     [LoggerMessage(EventId = 1, Level = LogLevel.Information,
-        Message = "Loaded model {Name} {Version} ({Architecture}) on {Device} in {Precision} in {Seconds:F1} s")]
-    private static partial void LogLoaded(ILogger logger, string name, string version, string architecture, string device, string precision, double seconds);
+        Message = "Loaded model {Name} {Version} ({Architecture}) on {Runtime} {Device} in {Precision} in {Seconds:F1} s")]
+    private static partial void LogLoaded(ILogger logger, string name, string version, string architecture, string runtime, string device, string precision, double seconds);
 
     [LoggerMessage(EventId = 2, Level = LogLevel.Information, Message = "Warmed up batch sizes {BatchSizes} in {Seconds:F1} s; serving")]
     private static partial void LogWarmedUp(ILogger logger, string batchSizes, double seconds);
+
+    [LoggerMessage(EventId = 6, Level = LogLevel.Information, Message = "Measured every batch size; the batcher prefers {BatchSizes} (the others run slower per image than a smaller size)")]
+    private static partial void LogPreferredSizes(ILogger logger, string batchSizes);
 
     [LoggerMessage(EventId = 3, Level = LogLevel.Critical, Message = "The model failed to load; the server stops")]
     private static partial void LogLoadFailed(ILogger logger, Exception exception);

@@ -123,7 +123,7 @@ public sealed class XRayMetrics : IDisposable
         _meter.CreateObservableGauge(ActiveBatchesName, ObserveActiveBatches, unit: "{batch}",
             description: "Batches running on the model now (at most Batching:ModelInstances).");
         _meter.CreateObservableGauge(ModelInfoName, ObserveModelInfo,
-            description: "1 for the served model, with its name, version, architecture, device and precision as labels.");
+            description: "1 for the served model, with its name, version, architecture, runtime, device and precision as labels.");
         _meter.CreateObservableGauge(ModelReadyName, () => _ready ? 1 : 0,
             description: "1 while the model is loaded and the server reports SERVING; 0 while loading, warming up or shutting down.");
 
@@ -240,6 +240,7 @@ public sealed class XRayMetrics : IDisposable
         new(ModelTag, model.Name),
         new("xray.model.version", model.Version),
         new("xray.model.architecture", model.Architecture),
+        new("xray.model.runtime", model.Runtime),
         new("xray.model.device", model.Device),
         new("xray.model.precision", model.Precision),
     ];
@@ -264,7 +265,7 @@ public sealed class XRayMetrics : IDisposable
 /// delegates, so that telemetry depends on no other layer of the server.
 /// </summary>
 public sealed record ModelGaugeSource(
-    string Name, string Version, string Architecture, string Device, string Precision,
+    string Name, string Version, string Architecture, string Runtime, string Device, string Precision,
     Func<int> QueuedItems, int QueueCapacity, Func<int> RunningBatches);
 
 /// <summary>Values of the <c>xray.rejection.reason</c> tag.</summary>

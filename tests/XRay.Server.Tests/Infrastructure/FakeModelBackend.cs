@@ -11,6 +11,7 @@ namespace XRay.Server.Tests.Infrastructure;
 internal sealed class FakeModelBackend : IModelBackend
 {
     private readonly ConcurrentQueue<int> _batchSizes = new();
+    private readonly ConcurrentQueue<float[]> _batchInputs = new();
     private readonly TaskCompletionSource _disposed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile TaskCompletionSource _gate = Open();
     private int _imagesComputed;
@@ -30,6 +31,7 @@ internal sealed class FakeModelBackend : IModelBackend
     }
 
     public ModelManifest Manifest { get; }
+    public string Runtime => "fake";
     public float LogitOffset { get; }
     public string Device => "cpu";
 
@@ -39,6 +41,9 @@ internal sealed class FakeModelBackend : IModelBackend
 
     /// <summary>Sizes of the batches started, in order.</summary>
     public IReadOnlyCollection<int> BatchSizes => _batchSizes;
+
+    /// <summary>The input of each batch started, in order: its images concatenated.</summary>
+    public IReadOnlyCollection<float[]> BatchInputs => _batchInputs;
 
     public int ImagesComputed => Volatile.Read(ref _imagesComputed);
 
@@ -63,22 +68,22 @@ internal sealed class FakeModelBackend : IModelBackend
         return logits;
     }
 
-    public async Task<float[]> RunAsync(float[] input, int batchSize, CancellationToken cancellationToken)
+    public async Task RunAsync(ReadOnlyMemory<float> input, int batchSize, Memory<float> logits, CancellationToken cancellationToken)
     {
         _batchSizes.Enqueue(batchSize);
+        // A copy: the server reuses its batch buffers once the batch is answered.
+        _batchInputs.Enqueue(input[..(batchSize * Manifest.Preprocessing.OutputLength)].ToArray());
         BatchStarted?.Invoke(batchSize);
         await _gate.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
         if (Failure is { } failure) throw failure;
 
         Interlocked.Add(ref _imagesComputed, batchSize);
-        int classes = Manifest.ClassNames.Count, length = input.Length / batchSize;
-        var logits = new float[batchSize * classes];
+        int classes = Manifest.ClassNames.Count, length = Manifest.Preprocessing.OutputLength;
         for (int i = 0; i < batchSize; i++)
         {
-            ExpectedLogits(input.AsSpan(i * length, length), classes).CopyTo(logits, i * classes);
+            ExpectedLogits(input.Span.Slice(i * length, length), classes).CopyTo(logits.Span[(i * classes)..]);
         }
-        for (int i = 0; i < logits.Length; i++) logits[i] += LogitOffset;
-        return logits;
+        for (int i = 0; i < batchSize * classes; i++) logits.Span[i] += LogitOffset;
     }
 
     public Task WarmUpAsync(IEnumerable<int> batchSizes, CancellationToken cancellationToken) => Task.CompletedTask;

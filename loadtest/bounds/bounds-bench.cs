@@ -1,0 +1,664 @@
+// Abuse and overload scenarios against a real xray-server child process: how much one caller can cost the others.
+// Not a test: a benchmark whose figures go into README's operations section. Run from the repository root:
+//
+//   dotnet build server/XRay.Server -c Release
+//   dotnet run loadtest/bounds/bounds-bench.cs -c Release -- <scenario> [options]
+//
+// Scenarios (each starts its own server on free loopback ports and stops it):
+//   decode    many callers send large PNGs while one caller sends 1-image tensors: server RSS, the other caller's latency
+//   overload  capacity (closed loop), then open-loop arrivals at --factor x capacity: goodput/capacity, latencies
+//   fairness  one stream keeps --in-flight requests queued while a second connection sends 1-image unary calls
+//   sigterm   load, then SIGTERM: requests lost (accepted but never answered), time to exit, exit code
+//   soak      a mixed load at --load x capacity for --minutes: RSS over time
+// Options: --server PATH (xray-server apphost; default the Release build), --server-arg ARG (repeatable),
+//          --seconds N, --callers N, --png WxH, --images N, --factor X, --max-queue-size N, --minutes N, --load X,
+//          --in-flight N, --capacity-seconds N (decode: measure throughput before the burst).
+// The server inherits this process's environment: MALLOC_CONF=... compares jemalloc settings.
+// Exit codes: 0 done, 2 bad arguments, 3 the server did not start.
+#:project ../../clients/XRay.Client/XRay.Client.csproj
+#:package SkiaSharp
+#:package SkiaSharp.NativeAssets.Linux.NoDependencies
+#:property PublishAot=false
+
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+using SkiaSharp;
+using XRay.Client;
+using XRay.Contracts.V1;
+
+var options = BenchOptions.Parse(args);
+if (options is null)
+{
+    return 2;
+}
+
+try
+{
+    return options.Scenario switch
+    {
+        "decode" => await Scenarios.DecodeAsync(options),
+        "overload" => await Scenarios.OverloadAsync(options),
+        "fairness" => await Scenarios.FairnessAsync(options),
+        "sigterm" => await Scenarios.SigtermAsync(options),
+        "soak" => await Scenarios.SoakAsync(options),
+        _ => throw new ArgumentException($"unknown scenario '{options.Scenario}': decode, overload, fairness, sigterm or soak"),
+    };
+}
+catch (ArgumentException ex)
+{
+    Console.Error.WriteLine($"error: {ex.Message}");
+    return 2;
+}
+catch (ServerStartException ex)
+{
+    Console.Error.WriteLine($"error: {ex.Message}");
+    return 3;
+}
+
+sealed class BenchOptions
+{
+    public string Scenario { get; private set; } = "";
+    public string Server { get; private set; } = "server/XRay.Server/bin/Release/net10.0/linux-x64/xray-server";
+    public List<string> ServerArgs { get; } = [];
+    public double Seconds { get; private set; } = 20;
+    public int Callers { get; private set; } = 12;
+    public (int Width, int Height) Png { get; private set; } = (4300, 3500);
+    public int Images { get; private set; } = 2;
+    public double Factor { get; private set; } = 3;
+    public int MaxQueueSize { get; private set; } = 64;
+    public double Minutes { get; private set; } = 10;
+    public double Load { get; private set; } = 0.7;
+    public int InFlight { get; private set; } = 256;
+    public double CapacitySeconds { get; private set; }
+
+    public static BenchOptions? Parse(string[] args)
+    {
+        if (args.Length == 0)
+        {
+            Console.Error.WriteLine("usage: bounds-bench.cs <decode|overload|fairness|sigterm|soak> [--server PATH] [--server-arg ARG]... [options]");
+            return null;
+        }
+        var o = new BenchOptions { Scenario = args[0] };
+        for (int i = 1; i < args.Length; i++)
+        {
+            string name = args[i];
+            if (i + 1 >= args.Length)
+            {
+                Console.Error.WriteLine($"error: {name} needs a value");
+                return null;
+            }
+            string value = args[++i];
+            switch (name)
+            {
+                case "--server": o.Server = value; break;
+                case "--server-arg": o.ServerArgs.Add(value); break;
+                case "--seconds": o.Seconds = double.Parse(value, CultureInfo.InvariantCulture); break;
+                case "--callers": o.Callers = int.Parse(value, CultureInfo.InvariantCulture); break;
+                case "--png":
+                    string[] wh = value.Split('x');
+                    o.Png = (int.Parse(wh[0], CultureInfo.InvariantCulture), int.Parse(wh[1], CultureInfo.InvariantCulture));
+                    break;
+                case "--images": o.Images = int.Parse(value, CultureInfo.InvariantCulture); break;
+                case "--factor": o.Factor = double.Parse(value, CultureInfo.InvariantCulture); break;
+                case "--max-queue-size": o.MaxQueueSize = int.Parse(value, CultureInfo.InvariantCulture); break;
+                case "--minutes": o.Minutes = double.Parse(value, CultureInfo.InvariantCulture); break;
+                case "--load": o.Load = double.Parse(value, CultureInfo.InvariantCulture); break;
+                case "--in-flight": o.InFlight = int.Parse(value, CultureInfo.InvariantCulture); break;
+                case "--capacity-seconds": o.CapacitySeconds = double.Parse(value, CultureInfo.InvariantCulture); break;
+                default:
+                    Console.Error.WriteLine($"error: unknown option {name}");
+                    return null;
+            }
+        }
+        return o;
+    }
+}
+
+static class Scenarios
+{
+    public static async Task<int> DecodeAsync(BenchOptions o)
+    {
+        await using var server = await Server.StartAsync(o, []);
+        if (o.CapacitySeconds > 0)
+        {
+            using var pool = new ChannelPool(server.Address, 4);
+            double capacity = await MeasureCapacityAsync(pool, TimeSpan.FromSeconds(o.CapacitySeconds), concurrency: 32);
+            Console.WriteLine($"decode: capacity before the burst {capacity:F1} img/s (1-image tensors, 32 callers)");
+        }
+        byte[] png = Payloads.LargePng(o.Png.Width, o.Png.Height);
+        var big = Payloads.Encoded(Enumerable.Repeat(png, o.Images));
+        using var probeChannel = Server.Channel(server.Address);
+        var probe = new Classifier.ClassifierClient(probeChannel);
+        await probe.ClassifyAsync(Payloads.Tensor(0));
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        long rssBefore = server.RssBytes();
+        Console.WriteLine($"decode: {o.Callers} callers, {o.Images} x {o.Png.Width}x{o.Png.Height} PNG ({png.Length / 1024} KB each) per request, {o.Seconds} s");
+
+        using var sampler = new RssSampler(server);
+        var probeLatency = new Latencies();
+        var bigOutcomes = new Outcomes();
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(o.Seconds));
+        var attackers = Enumerable.Range(0, o.Callers).Select(async _ =>
+        {
+            using var channel = Server.Channel(server.Address);
+            var client = new Classifier.ClassifierClient(channel);
+            while (!stop.IsCancellationRequested)
+            {
+                await bigOutcomes.CallAsync(() => client.ClassifyAsync(big).ResponseAsync);
+            }
+        }).ToArray();
+        var prober = Task.Run(async () =>
+        {
+            int seed = 1;
+            while (!stop.IsCancellationRequested)
+            {
+                long t = Stopwatch.GetTimestamp();
+                try
+                {
+                    await probe.ClassifyAsync(Payloads.Tensor(seed++));
+                    probeLatency.Add(Stopwatch.GetElapsedTime(t));
+                }
+                catch (RpcException ex)
+                {
+                    Console.WriteLine($"  probe failed: {ex.StatusCode} {ex.Status.Detail}");
+                }
+            }
+        });
+        await Task.WhenAll(attackers.Append(prober));
+        long peak = sampler.Peak;
+        await Task.Delay(TimeSpan.FromSeconds(30));
+        long after = server.RssBytes();
+        Console.WriteLine($"  large-PNG requests: {bigOutcomes}");
+        Console.WriteLine($"  other caller (1-image tensor, own connection): {probeLatency.Summary()}");
+        Console.WriteLine($"  RSS MB: before {Mb(rssBefore)}, peak {Mb(peak)}, 30 s after the burst {Mb(after)}");
+        return 0;
+    }
+
+    public static async Task<int> OverloadAsync(BenchOptions o)
+    {
+        await using var server = await Server.StartAsync(o, ["--max-queue-size", o.MaxQueueSize.ToString(CultureInfo.InvariantCulture)]);
+        using var pool = new ChannelPool(server.Address, 4);
+        double capacity = await MeasureCapacityAsync(pool, TimeSpan.FromSeconds(o.Seconds / 2), concurrency: o.MaxQueueSize);
+        double rate = capacity * o.Factor;
+        Console.WriteLine($"overload: capacity {capacity:F1} img/s (closed loop, {o.MaxQueueSize} callers); open loop at {rate:F1} req/s ({o.Factor}x) for {o.Seconds} s, MaxQueueSize={o.MaxQueueSize}");
+        var outcomes = new Outcomes();
+        var duration = TimeSpan.FromSeconds(o.Seconds);
+        var calls = new List<Task>();
+        var clock = Stopwatch.StartNew();
+        // Goodput counts answers from the first quarter (the queue has filled by then) to the last arrival.
+        var settled = duration / 4;
+        int? okAtSettled = null;
+        int n = 0;
+        while (clock.Elapsed < duration)
+        {
+            if (clock.Elapsed >= settled) okAtSettled ??= outcomes.Ok;
+            var due = TimeSpan.FromSeconds(n / rate);
+            if (due > clock.Elapsed) await Task.Delay(due - clock.Elapsed);
+            var client = pool.Next();
+            int seed = n++;
+            calls.Add(outcomes.CallAsync(() => client.ClassifyAsync(Payloads.Tensor(seed)).ResponseAsync));
+        }
+        double goodput = (outcomes.Ok - (okAtSettled ?? 0)) / (clock.Elapsed - settled).TotalSeconds;
+        await Task.WhenAll(calls);
+        // The machine is shared: capacity measured on both sides of the overload, and their mean used.
+        double capacityAfter = await MeasureCapacityAsync(pool, TimeSpan.FromSeconds(o.Seconds / 2), concurrency: o.MaxQueueSize);
+        Console.WriteLine($"  capacity before {capacity:F1}, after {capacityAfter:F1} img/s");
+        capacity = (capacity + capacityAfter) / 2;
+        Console.WriteLine($"  offered {n / duration.TotalSeconds:F1} req/s; {outcomes}");
+        Console.WriteLine($"  goodput {goodput:F1} img/s = {goodput / capacity:P1} of capacity");
+        Console.WriteLine($"  admitted latency: {outcomes.OkLatency.Summary()}");
+        Console.WriteLine($"  rejection latency: {outcomes.RejectedLatency.Summary()}");
+        Console.WriteLine($"  server-side handler time of rejections: {await server.RejectionHandlerTimesAsync()}");
+        return 0;
+    }
+
+    public static async Task<int> FairnessAsync(BenchOptions o)
+    {
+        await using var server = await Server.StartAsync(o, []);
+        using var probeChannel = Server.Channel(server.Address);
+        var probe = new Classifier.ClassifierClient(probeChannel);
+        await probe.ClassifyAsync(Payloads.Tensor(0));
+        using var streamChannel = Server.Channel(server.Address);
+        var streamer = new Classifier.ClassifierClient(streamChannel);
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(o.Seconds));
+        var streamOutcomes = new Outcomes();
+        // The stream keeps --in-flight requests outstanding: a new one goes out as each answer comes back.
+        using var call = streamer.ClassifyStream();
+        using var window = new SemaphoreSlim(o.InFlight, o.InFlight);
+        var reader = Task.Run(async () =>
+        {
+            await foreach (var response in call.ResponseStream.ReadAllAsync())
+            {
+                if (response.Error is null) streamOutcomes.Count("OK"); else streamOutcomes.Count(((StatusCode)response.Error.Code).ToString());
+                window.Release();
+            }
+        });
+        var writer = Task.Run(async () =>
+        {
+            int seed = 0;
+            while (!stop.IsCancellationRequested)
+            {
+                await window.WaitAsync();
+                await call.RequestStream.WriteAsync(Payloads.Tensor(seed++));
+            }
+            await call.RequestStream.CompleteAsync();
+        });
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        var probeLatency = new Latencies();
+        int i = 1;
+        while (!stop.IsCancellationRequested)
+        {
+            long t = Stopwatch.GetTimestamp();
+            await probe.ClassifyAsync(Payloads.Tensor(i++));
+            probeLatency.Add(Stopwatch.GetElapsedTime(t));
+        }
+        await writer;
+        await reader;
+        Console.WriteLine($"fairness: one stream with {o.InFlight} in flight ({streamOutcomes}); unary caller on its own connection: {probeLatency.Summary()}");
+        return 0;
+    }
+
+    public static async Task<int> SigtermAsync(BenchOptions o)
+    {
+        await using var server = await Server.StartAsync(o, []);
+        var outcomes = new Outcomes();
+        using var stop = new CancellationTokenSource();
+        var callers = Enumerable.Range(0, o.Callers).Select(async c =>
+        {
+            using var channel = Server.Channel(server.Address);
+            var client = new Classifier.ClassifierClient(channel);
+            int seed = c * 100_000;
+            while (!stop.IsCancellationRequested)
+            {
+                var result = await outcomes.CallAsync(() => client.ClassifyAsync(Payloads.Tensor(seed++)).ResponseAsync);
+                if (result is StatusCode.Unavailable) break;
+            }
+        }).ToArray();
+        // Idle streams left open by careless clients.
+        using var idleChannel = Server.Channel(server.Address);
+        var idle = Enumerable.Range(0, 8).Select(_ => new Classifier.ClassifierClient(idleChannel).ClassifyStream()).ToList();
+        await Task.Delay(TimeSpan.FromSeconds(o.Seconds));
+        var clock = Stopwatch.StartNew();
+        server.Signal(15);
+        await server.Process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
+        double exitSeconds = clock.Elapsed.TotalSeconds;
+        stop.Cancel();
+        await Task.WhenAll(callers).WaitAsync(TimeSpan.FromSeconds(30));
+        foreach (var stream in idle) stream.Dispose();
+        Console.WriteLine($"sigterm: {o.Callers} unary callers + 8 idle streams; exit {server.Process.ExitCode} after {exitSeconds:F2} s");
+        Console.WriteLine($"  {outcomes}; lost (accepted, not answered) = {outcomes.Lost}");
+        return 0;
+    }
+
+    public static async Task<int> SoakAsync(BenchOptions o)
+    {
+        await using var server = await Server.StartAsync(o, []);
+        using var pool = new ChannelPool(server.Address, 4);
+        double capacity = await MeasureCapacityAsync(pool, TimeSpan.FromSeconds(10), concurrency: 32);
+        // A mix: tensors, a radiograph-sized PNG, small JPEGs, and garbage.
+        byte[] film = Payloads.LargePng(2500, 2048);
+        byte[] jpeg = Payloads.Jpeg(1024, 1024);
+        var requests = new Func<int, ClassifyRequest>[]
+        {
+            Payloads.Tensor,
+            seed => Payloads.Encoded([film]),
+            seed => Payloads.Encoded([jpeg, jpeg]),
+            seed => Payloads.Encoded([new byte[] { 0x89, 0x50, 0x4E, 0x47, 1, 2, 3 }]),
+        };
+        double rate = capacity * o.Load / 1.5;
+        Console.WriteLine($"soak: capacity {capacity:F1} img/s; {rate:F1} req/s of mixed requests for {o.Minutes} min");
+        var outcomes = new Outcomes();
+        var duration = TimeSpan.FromMinutes(o.Minutes);
+        var calls = new ConcurrentDictionary<int, Task>();
+        var clock = Stopwatch.StartNew();
+        var nextSample = TimeSpan.Zero;
+        long? firstMinute = null;
+        int n = 0;
+        while (clock.Elapsed < duration)
+        {
+            if (clock.Elapsed >= nextSample)
+            {
+                long rss = server.RssBytes();
+                if (clock.Elapsed >= TimeSpan.FromMinutes(1)) firstMinute ??= rss;
+                Console.WriteLine($"  t={clock.Elapsed.TotalSeconds,5:F0} s RSS {Mb(rss)} MB; {outcomes}");
+                nextSample += TimeSpan.FromSeconds(30);
+            }
+            var due = TimeSpan.FromSeconds(n / rate);
+            if (due > clock.Elapsed) await Task.Delay(due - clock.Elapsed);
+            var client = pool.Next();
+            int id = n++;
+            var request = requests[id % requests.Length](id);
+            var task = outcomes.CallAsync(() => client.ClassifyAsync(request).ResponseAsync);
+            calls[id] = task;
+            _ = task.ContinueWith(_ => calls.TryRemove(id, out Task? _), TaskScheduler.Default);
+        }
+        await Task.WhenAll(calls.Values);
+        long end = server.RssBytes();
+        Console.WriteLine($"  {outcomes}");
+        Console.WriteLine($"  RSS MB: at 1 min {Mb(firstMinute ?? end)}, at end {Mb(end)}, growth {Mb(end - (firstMinute ?? end))}");
+        return 0;
+    }
+
+    private static async Task<double> MeasureCapacityAsync(ChannelPool pool, TimeSpan duration, int concurrency)
+    {
+        // Warm-up, then count answers over the window.
+        await RunClosedAsync(pool, TimeSpan.FromSeconds(3), concurrency);
+        var outcomes = await RunClosedAsync(pool, duration, concurrency);
+        return outcomes.Ok / duration.TotalSeconds;
+    }
+
+    private static async Task<Outcomes> RunClosedAsync(ChannelPool pool, TimeSpan duration, int concurrency)
+    {
+        var outcomes = new Outcomes();
+        var stop = Stopwatch.StartNew();
+        await Task.WhenAll(Enumerable.Range(0, concurrency).Select(async c =>
+        {
+            var client = pool.Next();
+            int seed = c * 1_000_000;
+            while (stop.Elapsed < duration)
+            {
+                await outcomes.CallAsync(() => client.ClassifyAsync(Payloads.Tensor(seed++)).ResponseAsync);
+            }
+        }));
+        return outcomes;
+    }
+
+    public static string Mb(long bytes) => (bytes / 1048576.0).ToString("F0", CultureInfo.InvariantCulture);
+}
+
+static class Payloads
+{
+    public const int Size = 224;
+
+    public static ClassifyRequest Tensor(int seed)
+    {
+        var pixels = new byte[Size * Size];
+        new Random(seed).NextBytes(pixels);
+        return new ClassifyRequest { RequestId = $"t{seed}", Tensor = Tensors.UInt8(pixels, 1, Size, Size) };
+    }
+
+    public static ClassifyRequest Encoded(IEnumerable<byte[]> images)
+    {
+        var request = new ClassifyRequest { RequestId = "encoded", Encoded = new EncodedImages() };
+        foreach (var image in images) request.Encoded.Images.Add(ByteString.CopyFrom(image));
+        return request;
+    }
+
+    /// <summary>A grayscale PNG of a film's size: smooth, so it compresses to little while decoding to a lot.</summary>
+    public static byte[] LargePng(int width, int height)
+    {
+        using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Gray8, SKAlphaType.Opaque));
+        Span<byte> pixels = bitmap.GetPixelSpan();
+        for (int y = 0; y < height; y++)
+        {
+            pixels.Slice(y * bitmap.RowBytes, width).Fill((byte)(y * 255 / height));
+        }
+        using var data = bitmap.Encode(SKEncodedImageFormat.Png, 100);
+        return data.ToArray();
+    }
+
+    public static byte[] Jpeg(int width, int height)
+    {
+        using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Gray8, SKAlphaType.Opaque));
+        Span<byte> pixels = bitmap.GetPixelSpan();
+        new Random(7).NextBytes(pixels);
+        using var data = bitmap.Encode(SKEncodedImageFormat.Jpeg, 90);
+        return data.ToArray();
+    }
+}
+
+/// <summary>Outcomes by status, with latencies of answers and of refusals.</summary>
+sealed class Outcomes
+{
+    private readonly ConcurrentDictionary<string, int> _counts = new();
+    private int _lost;
+
+    public Latencies OkLatency { get; } = new();
+    public Latencies RejectedLatency { get; } = new();
+    public int Ok => _counts.GetValueOrDefault("OK");
+    public int Lost => Volatile.Read(ref _lost);
+
+    public void Count(string outcome) => _counts.AddOrUpdate(outcome, 1, (_, n) => n + 1);
+
+    /// <summary>Runs one call; returns its status (OK on success).</summary>
+    public async Task<StatusCode> CallAsync(Func<Task> call)
+    {
+        long started = Stopwatch.GetTimestamp();
+        try
+        {
+            await call();
+            OkLatency.Add(Stopwatch.GetElapsedTime(started));
+            Count("OK");
+            return StatusCode.OK;
+        }
+        catch (RpcException ex)
+        {
+            // Refused before the request was taken: the server's own statuses, or no connection at all.
+            bool notSent = ex.StatusCode == StatusCode.Unavailable
+                && ex.Status.DebugException is SocketException or HttpRequestException { InnerException: SocketException };
+            bool refused = ex.StatusCode is StatusCode.ResourceExhausted or StatusCode.InvalidArgument or StatusCode.DeadlineExceeded
+                || (ex.StatusCode == StatusCode.Unavailable && ex.Status.DebugException is null);
+            if (refused) RejectedLatency.Add(Stopwatch.GetElapsedTime(started));
+            if (!refused && !notSent && Interlocked.Increment(ref _lost) <= 3)
+            {
+                Console.WriteLine($"  lost: {ex.StatusCode} {ex.Status.Detail} {ex.Status.DebugException?.GetType().Name}: {ex.Status.DebugException?.Message}");
+            }
+            Count(notSent ? "not sent (connection refused)" : refused ? ex.StatusCode.ToString() : $"LOST {ex.StatusCode}");
+            return ex.StatusCode;
+        }
+    }
+
+    public override string ToString() => string.Join(", ", _counts.OrderBy(c => c.Key).Select(c => $"{c.Key} {c.Value}"));
+}
+
+sealed class Latencies
+{
+    private readonly List<double> _ms = [];
+
+    public void Add(TimeSpan elapsed)
+    {
+        lock (_ms) _ms.Add(elapsed.TotalMilliseconds);
+    }
+
+    public string Summary()
+    {
+        lock (_ms)
+        {
+            if (_ms.Count == 0) return "n=0";
+            var sorted = _ms.Order().ToArray();
+            double P(double p) => sorted[Math.Min(sorted.Length - 1, (int)(p / 100 * sorted.Length))];
+            return string.Create(CultureInfo.InvariantCulture,
+                $"n={sorted.Length} p50 {Fmt(P(50))} p99 {Fmt(P(99))} max {Fmt(sorted[^1])}");
+        }
+    }
+
+    private static string Fmt(double ms) => ms < 1 ? $"{ms * 1000:F0} us" : $"{ms:F1} ms";
+}
+
+sealed class ChannelPool : IDisposable
+{
+    private readonly GrpcChannel[] _channels;
+    private readonly Classifier.ClassifierClient[] _clients;
+    private int _next;
+
+    public ChannelPool(string address, int count)
+    {
+        _channels = Enumerable.Range(0, count).Select(_ => Server.Channel(address)).ToArray();
+        _clients = _channels.Select(c => new Classifier.ClassifierClient(c)).ToArray();
+    }
+
+    public Classifier.ClassifierClient Next() => _clients[(int)((uint)Interlocked.Increment(ref _next) % _clients.Length)];
+
+    public void Dispose()
+    {
+        foreach (var channel in _channels) channel.Dispose();
+    }
+}
+
+sealed class RssSampler : IDisposable
+{
+    private readonly CancellationTokenSource _stop = new();
+    private long _peak;
+
+    public RssSampler(Server server)
+    {
+        _ = Task.Run(async () =>
+        {
+            while (!_stop.IsCancellationRequested)
+            {
+                long rss = server.RssBytes();
+                if (rss > Volatile.Read(ref _peak)) Volatile.Write(ref _peak, rss);
+                await Task.Delay(100);
+            }
+        });
+    }
+
+    public long Peak => Volatile.Read(ref _peak);
+
+    public void Dispose() => _stop.Cancel();
+}
+
+sealed class ServerStartException(string message) : Exception(message);
+
+sealed class Server : IAsyncDisposable
+{
+    private readonly List<string> _log = [];
+
+    private Server(Process process, string address, string metricsAddress)
+    {
+        Process = process;
+        Address = address;
+        MetricsAddress = metricsAddress;
+    }
+
+    public string MetricsAddress { get; }
+
+    /// <summary>
+    /// From the server's own request-duration histogram (Prometheus /metrics): how many RESOURCE_EXHAUSTED answers
+    /// took at most 0.5 ms and 1 ms in the handler. The client-side latency adds the machine's scheduling delays.
+    /// </summary>
+    public async Task<string> RejectionHandlerTimesAsync()
+    {
+        using var http = new HttpClient();
+        string text = await http.GetStringAsync($"{MetricsAddress}/metrics");
+        double Sum(string suffix, string? le) => text.Split('\n')
+            .Where(l => l.StartsWith("xray_server_request_duration_seconds" + suffix, StringComparison.Ordinal)
+                && l.Contains("RESOURCE_EXHAUSTED", StringComparison.Ordinal)
+                && (le is null || l.Contains($"le=\"{le}\"", StringComparison.Ordinal)))
+            .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
+        double count = Sum("_count", null);
+        return count == 0 ? "none" : $"{count:F0} rejections, {Sum("_bucket", "0.0005") / count:P1} within 0.5 ms, {Sum("_bucket", "0.001") / count:P1} within 1 ms";
+    }
+
+    public Process Process { get; }
+    public string Address { get; }
+
+    public static GrpcChannel Channel(string address) =>
+        GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxReceiveMessageSize = null, MaxSendMessageSize = null });
+
+    public static async Task<Server> StartAsync(BenchOptions o, string[] extra)
+    {
+        if (!File.Exists(o.Server)) throw new ArgumentException($"no server binary at {o.Server}: build it (dotnet build server/XRay.Server -c Release) or pass --server");
+        string address = $"http://127.0.0.1:{FreePort()}";
+        string metrics = $"http://127.0.0.1:{FreePort()}";
+        var start = new ProcessStartInfo(o.Server) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string a in (string[])[.. o.ServerArgs, .. extra, "--grpc-url", address, "--metrics-url", metrics])
+        {
+            start.ArgumentList.Add(a);
+        }
+        var process = Process.Start(start) ?? throw new ServerStartException($"could not start {o.Server}");
+        var server = new Server(process, address, metrics);
+        process.OutputDataReceived += (_, e) => server.Keep(e.Data);
+        process.ErrorDataReceived += (_, e) => server.Keep(e.Data);
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        using var client = new XRayClassifierClient(address, new XRayClientOptions { MaxAttempts = 1, Timeout = TimeSpan.FromSeconds(2) });
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < TimeSpan.FromMinutes(3))
+        {
+            if (process.HasExited)
+            {
+                throw new ServerStartException($"the server exited with {process.ExitCode}: {server.Tail()}");
+            }
+            try
+            {
+                if (await client.CheckHealthAsync() == Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.Serving) return server;
+            }
+            catch (RpcException)
+            {
+            }
+            await Task.Delay(250);
+        }
+        await server.DisposeAsync();
+        throw new ServerStartException($"the server was not serving after 3 minutes: {server.Tail()}");
+    }
+
+    public long RssBytes()
+    {
+        try
+        {
+            foreach (string line in File.ReadLines($"/proc/{Process.Id}/status"))
+            {
+                if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
+                {
+                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+                }
+            }
+        }
+        catch (IOException)
+        {
+        }
+        return 0;
+    }
+
+    public void Signal(int signal) => _ = Kill(Process.Id, signal);
+
+    private void Keep(string? line)
+    {
+        if (line is null) return;
+        lock (_log)
+        {
+            _log.Add(line);
+            if (_log.Count > 50) _log.RemoveAt(0);
+        }
+    }
+
+    private string Tail()
+    {
+        lock (_log) return string.Join(Environment.NewLine, _log);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!Process.HasExited)
+        {
+            Signal(15);
+            try
+            {
+                await Process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(40));
+            }
+            catch (TimeoutException)
+            {
+                Process.Kill(entireProcessTree: true);
+            }
+        }
+        Process.Dispose();
+    }
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
+    [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Kill(int pid, int signal);
+}
