@@ -25,4 +25,5 @@ if ! node scripts/wait-ready.mjs "http://127.0.0.1:$metrics_port/readyz" 120; th
   exit 1
 fi
 npm ci --no-audit --no-fund
-XRAY_SERVER="http://127.0.0.1:$grpc_port" npm test
+# Bounded: a test that leaves a handle open must fail the run, not hang it.
+XRAY_SERVER="http://127.0.0.1:$grpc_port" timeout 600 npm test

@@ -142,6 +142,9 @@ test("a token and an API key travel as headers; UNAUTHENTICATED comes back as it
     response.writeHead(200, { "content-type": "application/grpc", "grpc-status": "16", "grpc-message": "needs credentials" });
     response.end();
   });
+  // The client keeps its HTTP/2 session open; close() alone would wait for it and keep the test process alive.
+  const sessions = new Set<import("node:http2").ServerHttp2Session>();
+  stand.on("session", (session) => sessions.add(session));
   await new Promise<void>((resolve) => stand.listen(0, "127.0.0.1", resolve));
   const port = (stand.address() as { port: number }).port;
   try {
@@ -151,6 +154,7 @@ test("a token and an API key travel as headers; UNAUTHENTICATED comes back as it
     assert.equal(seen["authorization"], "Bearer tok-123");
     assert.equal(seen["x-api-key"], "key-456");
   } finally {
+    for (const session of sessions) session.destroy();
     stand.close();
   }
 });

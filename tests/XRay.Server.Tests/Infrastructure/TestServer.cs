@@ -19,6 +19,8 @@ internal sealed class TestServer : IAsyncDisposable
 {
     public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
+    private int _disposed;
+
     private TestServer(WebApplication app, string address)
     {
         App = app;
@@ -120,6 +122,8 @@ internal sealed class TestServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        // Idempotent: a test may stop a server early and still hold it in an `await using`.
+        if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
         Client.Dispose();
         Channel.Dispose();
         // Bounded: a test that fails while holding the fake model must fail, not hang the run.
