@@ -95,7 +95,7 @@ check "the root file system is read-only" \
 
 data=$(find_shared_data)
 if [ -n "$data" ] && [ -d "$data/nih-cxr14-sample/images" ]; then
-  xray_image=$(find "$data/nih-cxr14-sample/images" -name '*.png' | sort | head -1)
+  xray_image=$(find "$data/nih-cxr14-sample/images" -name '*.png' | sort | sed -n 1p)  # sed reads it all: head would end the pipe early (SIGPIPE under pipefail)
 else
   xray_image="$work/generated.png"
   /usr/bin/python3 - "$xray_image" <<'EOF'
