@@ -2,25 +2,9 @@ using Microsoft.Extensions.Time.Testing;
 
 namespace XRay.Batching.Tests;
 
-public class DynamicBatcherTests : IAsyncLifetime
+public class DynamicBatcherTests : BatcherTestBase
 {
     private static readonly TimeSpan OneMicrosecond = TimeSpan.FromMicroseconds(1);
-
-    private readonly FakeTimeProvider _clock = new();
-    private readonly FakeBatchHandler _handler = new();
-    private readonly RecordingObserver _observer = new();
-    private DynamicBatcher<int, string>? _batcher;
-
-    public Task InitializeAsync() => Task.CompletedTask;
-
-    // Every test finishes its batches; a batch left running makes disposal hang, which fails here.
-    public async Task DisposeAsync()
-    {
-        if (_batcher is not null)
-        {
-            await _batcher.DisposeAsync().AsTask().Bounded();
-        }
-    }
 
     private DynamicBatcher<int, string> CreateBatcher(int maxBatchSize = 8, long maxQueueDelayMicroseconds = 0,
                                                       int maxQueueSize = 64, int modelInstances = 1)

@@ -3,23 +3,8 @@ using Microsoft.Extensions.Time.Testing;
 namespace XRay.Batching.Tests;
 
 /// <summary>Round robin between callers, and reservations taken before the items exist.</summary>
-public class FairShareTests : IAsyncLifetime
+public class FairShareTests : BatcherTestBase
 {
-    private readonly FakeTimeProvider _clock = new();
-    private readonly FakeBatchHandler _handler = new();
-    private readonly RecordingObserver _observer = new();
-    private DynamicBatcher<int, string>? _batcher;
-
-    public Task InitializeAsync() => Task.CompletedTask;
-
-    public async Task DisposeAsync()
-    {
-        if (_batcher is not null)
-        {
-            await _batcher.DisposeAsync().AsTask().Bounded();
-        }
-    }
-
     private DynamicBatcher<int, string> CreateBatcher(int maxBatchSize, int maxQueueSize = 512)
     {
         _batcher = new DynamicBatcher<int, string>(_handler, new BatchingOptions

@@ -1,7 +1,30 @@
 using System.Collections.Concurrent;
 using System.Threading.Channels;
+using Microsoft.Extensions.Time.Testing;
 
 namespace XRay.Batching.Tests;
+
+/// <summary>
+/// A batcher over <see cref="FakeBatchHandler"/> with a fake clock and a recording observer, disposed after each test:
+/// every test finishes its batches, and a batch left running makes disposal hang, which fails the test.
+/// </summary>
+public abstract class BatcherTestBase : IAsyncLifetime
+{
+    private protected readonly FakeTimeProvider _clock = new();
+    private protected readonly FakeBatchHandler _handler = new();
+    private protected readonly RecordingObserver _observer = new();
+    private protected DynamicBatcher<int, string>? _batcher;
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        if (_batcher is not null)
+        {
+            await _batcher.DisposeAsync().AsTask().Bounded();
+        }
+    }
+}
 
 internal static class TestTimeouts
 {
