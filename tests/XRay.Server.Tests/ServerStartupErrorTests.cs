@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Microsoft.Extensions.Configuration;
 using XRay.Server.Hosting;
 using XRay.Server.Tests.Infrastructure;
 
@@ -91,6 +92,61 @@ public sealed class ServerStartupErrorTests
             Assert.Equal(3, server.ExitCode);
             Assert.Contains($"The checkpoint at '{folder}' cannot be read", server.Output);
             AssertNoStackTraceAndNoModel(server);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task CertificateThatIsNotOne_IsOneLineAndExitThree()
+    {
+        string folder = Directory.CreateTempSubdirectory("xray-bad-certificate-").FullName;
+        try
+        {
+            string pem = Path.Combine(folder, "server.pem");
+            await File.WriteAllTextAsync(pem, "not a certificate");
+            using var server = ServerProcess.Start([$"--Kestrel:Endpoints:Grpc:Certificate:Path={pem}", $"--Kestrel:Endpoints:Grpc:Certificate:KeyPath={pem}"]);
+            await server.WaitForExitAsync();
+
+            Assert.Equal(3, server.ExitCode);
+            string line = Assert.Single(Lines(server.ErrorOutput));
+            Assert.StartsWith($"xray-server: Kestrel:Endpoints:Grpc:Certificate: '{pem}' with key '{pem}' cannot be read as a certificate", line);
+            AssertNoStackTraceAndNoModel(server);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void CertificateCheck_AcceptsAPemCertificateAndKey_AndRefusesAKeyThatIsNotOne()
+    {
+        string folder = Directory.CreateTempSubdirectory("xray-certificate-").FullName;
+        try
+        {
+            using var key = System.Security.Cryptography.RSA.Create(2048);
+            var request = new System.Security.Cryptography.X509Certificates.CertificateRequest(
+                "CN=localhost", key, System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
+            using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-1), DateTimeOffset.UtcNow.AddDays(1));
+            string certificatePath = Path.Combine(folder, "server.crt"), keyPath = Path.Combine(folder, "server.key"), wrongKey = Path.Combine(folder, "wrong.key");
+            File.WriteAllText(certificatePath, certificate.ExportCertificatePem());
+            File.WriteAllText(keyPath, key.ExportPkcs8PrivateKeyPem());
+            File.WriteAllText(wrongKey, certificate.ExportCertificatePem());
+
+            static IConfiguration Settings(string certificate, string key) => new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+            {
+                ["Kestrel:Endpoints:Grpc:Url"] = "https://127.0.0.1:0",
+                ["Kestrel:Endpoints:Grpc:Certificate:Path"] = certificate,
+                ["Kestrel:Endpoints:Grpc:Certificate:KeyPath"] = key,
+                ["Security:Tls:ClientCaPath"] = certificate,
+            }).Build();
+
+            Assert.Null(ServerCommand.UnreadableCertificate(Settings(certificatePath, keyPath), folder));
+            Assert.StartsWith($"Kestrel:Endpoints:Grpc:Certificate: '{certificatePath}' with key '{wrongKey}' cannot be read",
+                ServerCommand.UnreadableCertificate(Settings(certificatePath, wrongKey), folder));
         }
         finally
         {

@@ -1,5 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 using System.Text.RegularExpressions;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.Options;
@@ -106,6 +108,11 @@ public static partial class ServerCommand
         {
             return Fail(error, ExitCodes.Usage, setting);
         }
+        catch (CryptographicException e)
+        {
+            // A certificate the checks above did not cover (the host has logged where it was loaded).
+            return Fail(error, ExitCodes.NotFound, $"a certificate or key cannot be read: {e.Message.TrimEnd('.')}");
+        }
         catch (Exception e)
         {
             app.Logger.LogCritical(e, "The server failed");
@@ -131,9 +138,91 @@ public static partial class ServerCommand
         {
             return new Failure(ExitCodes.Usage, setting);
         }
-        return MissingFile(app.Configuration, app.Environment.ContentRootPath) is { } missing
-            ? new Failure(ExitCodes.NotFound, missing)
-            : AddressInUse(app.Configuration) is { } inUse ? new Failure(ExitCodes.Unreachable, inUse) : null;
+        if ((MissingFile(app.Configuration, app.Environment.ContentRootPath) ?? UnreadableCertificate(app.Configuration, app.Environment.ContentRootPath)) is { } file)
+        {
+            return new Failure(ExitCodes.NotFound, file);
+        }
+        return AddressInUse(app.Configuration) is { } inUse ? new Failure(ExitCodes.Unreachable, inUse) : null;
+    }
+
+    /// <summary>
+    /// The first certificate setting whose file or text does not load as one (Kestrel's endpoint and default
+    /// certificates, <c>Security:Tls</c>'s PEM text and client CA); null when all load. Kestrel would fail on it only
+    /// when binding, with a stack trace.
+    /// </summary>
+    public static string? UnreadableCertificate(IConfiguration configuration, string contentRoot)
+    {
+        string Resolve(string path) => File.Exists(path) ? path : Path.Combine(contentRoot, path);
+
+        IEnumerable<IConfigurationSection> certificates = configuration.GetSection("Kestrel:Endpoints").GetChildren()
+            .Select(endpoint => endpoint.GetSection("Certificate"))
+            .Concat(configuration.GetSection("Kestrel:Certificates").GetChildren());
+        foreach (IConfigurationSection certificate in certificates)
+        {
+            if (certificate["Path"] is not { Length: > 0 } path)
+            {
+                continue;
+            }
+            string? keyPath = certificate["KeyPath"] is { Length: > 0 } key ? Resolve(key) : null;
+            string? password = certificate["Password"];
+            try
+            {
+                using X509Certificate2 loaded = keyPath is not null
+                    ? string.IsNullOrEmpty(password) ? X509Certificate2.CreateFromPemFile(Resolve(path), keyPath) : X509Certificate2.CreateFromEncryptedPemFile(Resolve(path), password, keyPath)
+                    : Path.GetExtension(path).ToLowerInvariant() is ".pfx" or ".p12"
+                        ? X509CertificateLoader.LoadPkcs12FromFile(Resolve(path), password)
+                        : X509CertificateLoader.LoadCertificateFromFile(Resolve(path));
+            }
+            catch (Exception e) when (e is CryptographicException or IOException or ArgumentException)
+            {
+                return $"{certificate.Path}: '{path}'{(keyPath is null ? "" : $" with key '{certificate["KeyPath"]}'")} cannot be read as a certificate: {e.Message.TrimEnd('.')}";
+            }
+        }
+
+        IConfigurationSection tls = configuration.GetSection("Security:Tls");
+        if (tls["CertificatePem"] is { Length: > 0 } certificatePem && tls["KeyPem"] is { Length: > 0 } keyPem)
+        {
+            try
+            {
+                using var loaded = X509Certificate2.CreateFromPem(certificatePem, keyPem);
+            }
+            catch (Exception e) when (e is CryptographicException or ArgumentException)
+            {
+                return $"Security:Tls:CertificatePem and KeyPem cannot be read as a certificate and its key: {e.Message.TrimEnd('.')}";
+            }
+        }
+        foreach ((string setting, bool isFile) in new[] { ("ClientCaPath", true), ("ClientCaPem", false) })
+        {
+            if (tls[setting] is not { Length: > 0 } value)
+            {
+                continue;
+            }
+            var authorities = new X509Certificate2Collection();
+            try
+            {
+                if (isFile)
+                {
+                    authorities.ImportFromPemFile(Resolve(value));
+                }
+                else
+                {
+                    authorities.ImportFromPem(value);
+                }
+            }
+            catch (Exception e) when (e is CryptographicException or IOException or ArgumentException)
+            {
+                return $"Security:Tls:{setting} cannot be read as PEM certificates: {e.Message.TrimEnd('.')}";
+            }
+            finally
+            {
+                foreach (X509Certificate2 authority in authorities) authority.Dispose();
+            }
+            if (authorities.Count == 0)
+            {
+                return $"Security:Tls:{setting} holds no PEM certificate";
+            }
+        }
+        return null;
     }
 
     /// <summary>The first argument that is not an option this server reads; null when all are.</summary>
