@@ -67,7 +67,9 @@ internal static class ToolCommandLine
         RpcException ex when ex.StatusCode == StatusCode.DeadlineExceeded =>
             (ExitCodes.Unreachable, $"no answer from {server} before the deadline (--timeout): {ex.Status.Detail}"),
         RpcException ex => (ExitCodes.Refused, $"the server refused the request ({ex.StatusCode}): {ex.Status.Detail}"),
-        FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException => (ExitCodes.NotFound, exception.Message),
+        // Not a missing assembly ("Could not load file or assembly 'X, Version=...'"): that is a broken installation.
+        FileNotFoundException { FileName: var name } when name?.Contains(", Version=", StringComparison.Ordinal) != true => (ExitCodes.NotFound, exception.Message),
+        DirectoryNotFoundException or UnauthorizedAccessException => (ExitCodes.NotFound, exception.Message),
         CryptographicException => (ExitCodes.NotFound, $"cannot read the certificate or key: {FirstLine(exception.Message)}"),
         // Addresses (ServerAddress), option values, certificates that do not go with the address.
         FormatException or ArgumentException => (ExitCodes.Usage, exception.Message),

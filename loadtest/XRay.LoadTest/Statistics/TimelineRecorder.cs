@@ -31,9 +31,9 @@ internal sealed class TimelineRecorder
     }
 
     /// <summary>
-    /// The completions in [<paramref name="start"/>, start + <paramref name="windowSeconds"/>) in equal intervals: at most
+    /// The completions in [<paramref name="start"/>, start + <paramref name="windowSeconds"/>] in equal intervals: at most
     /// <paramref name="maxPoints"/>, and wide enough to hold about 20 completions each on average, so percentiles mean something,
-    /// unless that leaves fewer than 10.
+    /// unless that leaves fewer than 10 (or <paramref name="maxPoints"/>).
     /// </summary>
     public IReadOnlyList<TimelinePoint> Build(long start, double windowSeconds, int maxPoints = 40)
     {
@@ -42,24 +42,29 @@ internal sealed class TimelineRecorder
         if (samples.Length == 0 || !(windowSeconds > 0)) return [];
 
         double rate = samples.Length / windowSeconds;
-        double wanted = Math.Max(windowSeconds / maxPoints, Math.Min(20 / rate, windowSeconds / 10));
-        double step = Steps.FirstOrDefault(s => s >= wanted, Steps[^1]);
-        int count = Math.Max(1, (int)Math.Ceiling(windowSeconds / step - 1e-9));
+        double step = Steps.FirstOrDefault(s => s >= Math.Max(windowSeconds / maxPoints, 20 / rate), Steps[^1]);
+        int fewest = Math.Min(10, maxPoints);
+        if (windowSeconds / step < fewest)
+        {
+            // Too few completions for 20 an interval: ten intervals of fewer say more than a handful of points.
+            step = Steps.LastOrDefault(s => s <= windowSeconds / fewest, Steps[0]);
+        }
+        // The last interval takes the remainder (up to one more step): a sliver would show a rate from a handful of completions.
+        int count = Math.Max(1, (int)Math.Floor(windowSeconds / step + 1e-9));
         var buckets = new List<Sample>[count];
         for (int i = 0; i < count; i++) buckets[i] = [];
         foreach (Sample sample in samples)
         {
             double t = (double)(sample.Timestamp - start) / Stopwatch.Frequency;
-            if (t < 0 || t >= windowSeconds) continue;
+            // The window's end is the last completion when a run counts requests: it belongs in.
+            if (t < 0 || t > windowSeconds) continue;
             buckets[Math.Min(count - 1, (int)(t / step))].Add(sample);
         }
 
         var points = new List<TimelinePoint>(count);
         for (int i = 0; i < count; i++)
         {
-            double from = i * step, to = Math.Min(windowSeconds, (i + 1) * step);
-            // A last sliver shorter than half an interval would show a rate from a handful of completions.
-            if (i > 0 && to - from < step / 2) break;
+            double from = i * step, to = i == count - 1 ? windowSeconds : (i + 1) * step;
             List<Sample> bucket = buckets[i];
             int[] latencies = bucket.Where(s => s.Images > 0).Select(s => s.LatencyUs).Order().ToArray();
             double seconds = to - from;
