@@ -52,7 +52,8 @@ internal static class CliApp
         health.SetAction((result, ct) => Run(result, server, timeout, credentials, error, async client =>
         {
             var status = await client.CheckHealthAsync(cancellationToken: ct);
-            string name = status.ToString().ToUpperInvariant();
+            // As grpc.health.v1 spells it: SERVING, NOT_SERVING, SERVICE_UNKNOWN.
+            string name = string.Concat(status.ToString().Select((c, i) => i > 0 && char.IsUpper(c) ? $"_{c}" : $"{char.ToUpperInvariant(c)}"));
             output.WriteLine(result.GetValue(json) ? new JsonObject { ["status"] = name }.ToJsonString() : name);
             return status == Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.Serving ? ExitCodes.Ok : ExitCodes.NotServing;
         }));

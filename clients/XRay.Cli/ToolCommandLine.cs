@@ -128,7 +128,15 @@ internal static class ToolCommandLine
     /// <summary>A validator: the option's value must be a positive, finite number.</summary>
     public static void MustBePositive(Option<double> option, string unit) => option.Validators.Add(result =>
     {
-        double value = result.GetValueOrDefault<double>();
+        double value;
+        try
+        {
+            value = result.GetValueOrDefault<double>();
+        }
+        catch (InvalidOperationException)
+        {
+            return; // Not a number: the parser says so already.
+        }
         if (!(value > 0) || double.IsInfinity(value))
         {
             result.AddError($"{option.Name} must be a positive number of {unit}; got {value}");
