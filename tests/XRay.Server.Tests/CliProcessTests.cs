@@ -147,6 +147,22 @@ public sealed class CliProcessTests
     }
 
     [Fact]
+    public async Task CredentialsRefused_Exit6()
+    {
+        const string key = "radiology-key-0123456789";
+        await using var server = await TestServer.StartAsync(new FakeModelBackendFactory(new FakeModelBackend()), waitUntilServing: true,
+            "--Security:RequireAuthentication=true", "--Security:ApiKeys:0:Name=radiology", $"--Security:ApiKeys:0:Key={key}");
+
+        ToolRun none = await Xray("info", "--server", server.Address);
+        ToolRun wrong = await Xray("info", "--server", server.Address, "--api-key", "not-a-key-0123456789");
+        ToolRun right = await Xray("info", "--server", server.Address, "--api-key", key);
+
+        none.AssertOneLineError(6, "the server refused the credentials (Unauthenticated)");
+        wrong.AssertOneLineError(6, "the server refused the credentials (Unauthenticated)");
+        Assert.True(right.Exit == 0, right.Error);
+    }
+
+    [Fact]
     public async Task Classify_NothingToSend_Exit3_WithoutCallingTheServer()
     {
         string empty = Directory.CreateTempSubdirectory("xray-cli-empty").FullName;
