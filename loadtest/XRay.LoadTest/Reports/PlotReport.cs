@@ -141,7 +141,8 @@ public static class PlotReport
             line.LinePattern = LinePattern.Dotted;
             line.LegendText = $"{name} of the run {value:0.##} ms";
         }
-        plot.Title($"Latency over time: {run.Label}");
+        // With few requests an interval, p90 and p99 are both its slowest: say how many there were.
+        plot.Title($"Latency over time: {run.Label} (~{run.Timeline.Average(p => p.Ok):0} requests per {Interval(run)})");
         plot.XLabel("seconds since measurement began");
         plot.YLabel("latency (ms)");
         plot.Axes.SetLimits(0, run.Timeline[^1].EndS, 0, Math.Max(points.Select(p => p.P99Ms ?? 0).DefaultIfEmpty(0).Max(), run.LatencyMs.P99) * 1.15 + 1e-3);
