@@ -111,9 +111,9 @@ classifies() {
   xray --json classify "$xray_image" >"$work/classify.json" || return 1
   /usr/bin/python3 - "$work/classify.json" <<'EOF'
 import json, sys
-result = json.load(open(sys.argv[1]))[0]
-p = result["probabilities"]
-print(f"{result['file']}: {len(p)} findings, top {max(p, key=p.get)} {max(p.values()):.3f}")
+entry = json.load(open(sys.argv[1]))[0]
+p = entry["result"]["probabilities"]
+print(f"{entry['path']}: {len(p)} findings, top {max(p, key=p.get)} {max(p.values()):.3f}")
 assert len(p) >= 2 and all(0.0 <= v <= 1.0 for v in p.values())
 EOF
 }
