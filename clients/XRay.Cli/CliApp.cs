@@ -166,10 +166,13 @@ internal static class CliApp
         });
     }
 
-    /// <summary>One request per file, a few in flight (the server batches them); a file the server refuses does not stop the others.</summary>
+    /// <summary>Files in flight at once: enough to fill a batch or two on the server, few enough for a folder of thousands.</summary>
+    internal const int FilesInFlight = 16;
+
+    /// <summary>One request per file, <see cref="FilesInFlight"/> at once (the server batches them); a file the server refuses does not stop the others.</summary>
     private static Task ClassifyEachAsync(XRayClassifierClient client, IReadOnlyList<ImageInput> inputs, FileOutcome?[] outcomes, Action done,
         CancellationToken cancellationToken) =>
-        Parallel.ForEachAsync(Enumerable.Range(0, inputs.Count), new ParallelOptions { MaxDegreeOfParallelism = 8, CancellationToken = cancellationToken },
+        Parallel.ForEachAsync(Enumerable.Range(0, inputs.Count), new ParallelOptions { MaxDegreeOfParallelism = FilesInFlight, CancellationToken = cancellationToken },
             async (i, ct) =>
             {
                 if (inputs[i].Error is null)

@@ -168,6 +168,7 @@ check "Grafana provisioning matches deploy/compose.yaml (data source, dashboard 
 
 # --- SIGTERM while requests are in flight: every one completes, the server exits 0.
 step "SIGTERM with requests in flight"
+# 16 files a client: xray classify sends one request per file, 16 at once, so each client's images are all in flight together.
 images=()
 for _ in $(seq 1 16); do images+=("$xray_image"); done
 clients=()
