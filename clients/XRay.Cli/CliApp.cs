@@ -202,10 +202,15 @@ internal static class CliApp
             ClassifyResponse response = await client.ClassifyEncodedAsync([bytes], cancellationToken);
             return new FileOutcome(response, null, NotFound: false);
         }
-        catch (RpcException ex) when (ex.StatusCode is not (StatusCode.Unavailable or StatusCode.Unauthenticated or StatusCode.PermissionDenied or StatusCode.Cancelled)
+        catch (RpcException ex) when (ex.StatusCode == StatusCode.Unavailable && !ToolCommandLine.SpeaksHttp1(ex))
+        {
+            // The server went away (or is draining) mid-run: the files answered so far are still printed.
+            return new FileOutcome(null, $"the server was unavailable: {ex.Status.Detail}", NotFound: false, Unreachable: true);
+        }
+        catch (RpcException ex) when (ex.StatusCode is not (StatusCode.Unauthenticated or StatusCode.PermissionDenied or StatusCode.Cancelled)
                                       && !ToolCommandLine.SpeaksHttp1(ex))
         {
-            // About this file (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED ...); the rest (the server is gone, the credentials) ends the run.
+            // About this file (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED ...); refused credentials end the run.
             // One image per request: the server's "encoded.images[0]: " names nothing the user knows.
             string detail = ex.Status.Detail.StartsWith("encoded.images[0]: ", StringComparison.Ordinal) ? ex.Status.Detail["encoded.images[0]: ".Length..] : ex.Status.Detail;
             return new FileOutcome(null, $"the server refused it ({ex.StatusCode}): {detail}", NotFound: false);
@@ -216,7 +221,7 @@ internal static class CliApp
     private static int Report(IReadOnlyList<ImageInput> inputs, IReadOnlyList<FileOutcome?> outcomes, ModelInfo? model, bool asJson,
         TextWriter output, TextWriter error)
     {
-        int failed = 0, notFound = 0;
+        int failed = 0, notFound = 0, unreachable = 0;
         var array = new JsonArray();
         string? served = null;
         for (int i = 0; i < inputs.Count; i++)
@@ -229,6 +234,7 @@ internal static class CliApp
             {
                 failed++;
                 if (outcome.NotFound) notFound++;
+                if (outcome.Unreachable) unreachable++;
                 if (asJson) array.Add(new JsonObject { ["path"] = path, ["error"] = outcome.Error });
                 else error.WriteLine($"error: {path}: {outcome.Error}");
                 continue;
@@ -247,6 +253,7 @@ internal static class CliApp
         else if (served is not null) output.WriteLine($"model {served}; * = at or above threshold");
         if (failed > 0 && inputs.Count > 1) error.WriteLine($"{failed} of {inputs.Count} files failed");
         return failed == 0 ? ExitCodes.Ok
+            : unreachable > 0 ? ExitCodes.Unreachable
             : notFound == failed && failed == inputs.Count ? ExitCodes.NotFound
             : ExitCodes.Refused;
     }
@@ -264,8 +271,11 @@ internal static class CliApp
         output.WriteLine($"  (batch of {prediction.Timing.BatchSize}, queued {prediction.Timing.QueueUs} us, compute {prediction.Timing.ComputeUs} us)");
     }
 
-    /// <summary>A file's answer, or why it has none (<paramref name="NotFound"/>: missing or unreadable, rather than refused).</summary>
-    private sealed record FileOutcome(ClassifyResponse? Response, string? Error, bool NotFound);
+    /// <summary>
+    /// A file's answer, or why it has none: <paramref name="NotFound"/> (missing or unreadable), <paramref name="Unreachable"/>
+    /// (the server could not be reached for it), else refused.
+    /// </summary>
+    private sealed record FileOutcome(ClassifyResponse? Response, string? Error, bool NotFound, bool Unreachable = false);
 
     private static JsonObject ToJson(Prediction prediction, ModelInfo model, string served)
     {
