@@ -16,6 +16,7 @@ public sealed partial class ClassifierService(
     IOptions<BatchingOptions> batchingOptions,
     IOptions<ServingOptions> servingOptions,
     XRayMetrics metrics,
+    LogBudget logBudget,
     ILogger<ClassifierService> logger) : Classifier.ClassifierBase
 {
     public override async Task<ClassifyResponse> Classify(ClassifyRequest request, ServerCallContext context)
@@ -140,11 +141,12 @@ public sealed partial class ClassifierService(
         // Admission before decoding: room in the queue is taken (or refused at once) before a pixel is decoded, and
         // given back if decoding fails. The caller's share is per connection (context.Peer): one connection's backlog
         // cannot starve another's requests.
-        using QueueReservation reservation = model.Batcher.Reserve(RequestDecoder.CountImages(request, maxImages), context.Peer);
+        // A request whose deadline is shorter than the estimated wait is refused here too: it would time out queued.
+        DateTimeOffset? deadline = context.Deadline == DateTime.MaxValue ? null : new DateTimeOffset(context.Deadline);
+        using QueueReservation reservation = model.Batcher.Reserve(RequestDecoder.CountImages(request, maxImages), context.Peer, deadline);
         float[][] images = await RequestDecoder.DecodeAsync(request, model.Preprocessor, maxImages, decodePool, context.CancellationToken, model.Buffers)
             .ConfigureAwait(false);
         span?.SetTag(XRayTracing.ImagesTag, images.Length);
-        DateTimeOffset? deadline = context.Deadline == DateTime.MaxValue ? null : new DateTimeOffset(context.Deadline);
 
         ActivityContext requestSpan = span?.Context ?? default;
         var queued = new QueuedImage[images.Length];
@@ -195,9 +197,10 @@ public sealed partial class ClassifierService(
         {
             LogServerFault(logger, LogText.Quote(requestId), method, status.StatusCode, exception);
         }
-        else
+        else if (logBudget.TryTake(out long skipped))
         {
-            LogRejected(logger, LogText.Quote(requestId), method, status.StatusCode, status.Detail);
+            // Refusals are the caller's doing and can come in floods: a few lines a second, the rest counted.
+            LogRejected(logger, LogText.Quote(requestId), method, status.StatusCode, status.Detail, skipped);
         }
         return status;
     }
@@ -205,8 +208,9 @@ public sealed partial class ClassifierService(
     [LoggerMessage(EventId = 10, Level = LogLevel.Error, Message = "Request {RequestId} ({Method}) failed: {StatusCode}")]
     private static partial void LogServerFault(ILogger logger, string requestId, string method, StatusCode statusCode, Exception exception);
 
-    [LoggerMessage(EventId = 11, Level = LogLevel.Information, Message = "Request {RequestId} ({Method}) rejected: {StatusCode} {Detail}")]
-    private static partial void LogRejected(ILogger logger, string requestId, string method, StatusCode statusCode, string detail);
+    [LoggerMessage(EventId = 11, Level = LogLevel.Information,
+        Message = "Request {RequestId} ({Method}) rejected: {StatusCode} {Detail} ({Skipped} more rejections not logged before this one)")]
+    private static partial void LogRejected(ILogger logger, string requestId, string method, StatusCode statusCode, string detail, long skipped);
 }
 
 internal static class PredictionFactory

@@ -273,12 +273,14 @@ public static class RejectionReasons
 {
     public const string QueueFull = "queue_full";
     public const string Deadline = "deadline";
+    /// <summary>Refused at admission: the deadline was shorter than the estimated wait in the queue.</summary>
+    public const string DeadlineUnmeetable = "deadline_unmeetable";
     public const string Cancelled = "cancelled";
     public const string InvalidInput = "invalid_input";
     public const string ShuttingDown = "shutting_down";
     public const string NotReady = "not_ready";
 
-    public static readonly IReadOnlyList<string> All = [QueueFull, Deadline, Cancelled, InvalidInput, ShuttingDown, NotReady];
+    public static readonly IReadOnlyList<string> All = [QueueFull, Deadline, DeadlineUnmeetable, Cancelled, InvalidInput, ShuttingDown, NotReady];
 }
 
 /// <summary>Full gRPC method names, the values of the <c>rpc.method</c> tag.</summary>
