@@ -327,7 +327,7 @@ static class Scenarios
             {
                 long rss = server.RssBytes();
                 if (clock.Elapsed >= TimeSpan.FromMinutes(1)) firstMinute ??= rss;
-                Console.WriteLine($"  t={clock.Elapsed.TotalSeconds,5:F0} s RSS {Mb(rss)} MB; {outcomes}");
+                Console.WriteLine($"  t={clock.Elapsed.TotalSeconds,5:F0} s RSS {Mb(rss)} MB; {await server.MemoryAsync()}; {outcomes}");
                 nextSample += TimeSpan.FromSeconds(30);
             }
             var due = TimeSpan.FromSeconds(n / rate);
@@ -342,6 +342,7 @@ static class Scenarios
         await Task.WhenAll(calls.Values);
         long end = server.RssBytes();
         Console.WriteLine($"  {outcomes}");
+        Console.WriteLine($"  memory at end: {await server.MemoryAsync()}");
         Console.WriteLine($"  RSS MB: at 1 min {Mb(firstMinute ?? end)}, at end {Mb(end)}, growth {Mb(end - (firstMinute ?? end))}");
         return 0;
     }
@@ -555,6 +556,33 @@ sealed class Server : IAsyncDisposable
             .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
         double count = Sum("_count", null);
         return count == 0 ? "none" : $"{count:F0} rejections, {Sum("_bucket", "0.0005") / count:P1} within 0.5 ms, {Sum("_bucket", "0.001") / count:P1} within 1 ms";
+    }
+
+    /// <summary>
+    /// Where the memory is, from the server's metrics: the native allocator's (jemalloc) allocated, dirty (freed, kept)
+    /// and resident MB, the GC heap after the last collection, and how often memory was released (idle, dirty_limit).
+    /// </summary>
+    public async Task<string> MemoryAsync()
+    {
+        string text;
+        try
+        {
+            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+            text = await http.GetStringAsync($"{MetricsAddress}/metrics");
+        }
+        catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException)
+        {
+            return "metrics unavailable";
+        }
+        string[] lines = text.Split('\n');
+        double Sum(string name, string? label = null) => lines
+            .Where(l => l.StartsWith(name, StringComparison.Ordinal) && (l.Length > name.Length && l[name.Length] is '{' or ' ')
+                && (label is null || l.Contains(label, StringComparison.Ordinal)))
+            .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
+        string N(string state) => Scenarios.Mb((long)Sum("xray_server_memory_native_bytes", $"xray_memory_state=\"{state}\""));
+        return string.Create(CultureInfo.InvariantCulture,
+            $"native allocated {N("allocated")} dirty {N("dirty")} resident {N("resident")} MB, GC heap {Scenarios.Mb((long)Sum("dotnet_gc_last_collection_heap_size_bytes"))} MB, " +
+            $"releases idle {Sum("xray_server_memory_releases_total", "idle"):F0} dirty_limit {Sum("xray_server_memory_releases_total", "dirty_limit"):F0}");
     }
 
     public Process Process { get; }

@@ -28,6 +28,8 @@ public sealed class XRayMetrics : IDisposable
     public const string QueueCapacityName = "xray.server.queue.capacity";
     public const string ModelInfoName = "xray.server.model.info";
     public const string ModelReadyName = "xray.server.model.ready";
+    public const string MemoryReleasesName = "xray.server.memory.releases";
+    public const string NativeMemoryName = "xray.server.memory.native";
 
     // Tag names: OpenTelemetry RPC conventions where one exists (rpc.method is the full gRPC method name,
     // rpc.response.status_code its status name, e.g. DEADLINE_EXCEEDED), xray.* otherwise.
@@ -36,6 +38,8 @@ public sealed class XRayMetrics : IDisposable
     public const string ModelTag = "xray.model.name";
     public const string ReasonTag = "xray.rejection.reason";
     public const string ErrorTypeTag = "error.type";
+    public const string MemoryReleaseReasonTag = "xray.memory.release.reason";
+    public const string MemoryStateTag = "xray.memory.state";
 
     /// <summary>Seconds: 0.5 ms to 10 s in steps of about 1.5x, fine around a small CNN's 5 ms and DenseNet's 1 s.</summary>
     public static readonly IReadOnlyList<double> DurationBuckets =
@@ -72,6 +76,8 @@ public sealed class XRayMetrics : IDisposable
     private readonly Histogram<double> _batchDuration;
     private readonly Histogram<int> _batchSize;
     private readonly Counter<long> _batches;
+    private readonly Counter<long> _memoryReleases;
+    private Func<IReadOnlyList<(string State, long Bytes)>>? _nativeMemory;
     private readonly Counter<long> _imagesClassified;
 
     private volatile ModelGaugeSource? _model;
@@ -127,8 +133,24 @@ public sealed class XRayMetrics : IDisposable
         _meter.CreateObservableGauge(ModelReadyName, () => _ready ? 1 : 0,
             description: "1 while the model is loaded and the server reports SERVING; 0 while loading, warming up or shutting down.");
 
+        _memoryReleases = _meter.CreateCounter<long>(
+            MemoryReleasesName, unit: "{release}",
+            description: "Times the server gave free memory back to the system: idle (a full GC and an allocator purge after a quiet period), dirty_limit (an allocator purge when its freed pages exceeded Memory:PurgeDirtyAboveMegabytes).");
+        _meter.CreateObservableGauge(NativeMemoryName, ObserveNativeMemory, unit: "By",
+            description: "The native allocator's memory (jemalloc): allocated (held by the program: tensors, decoded images), resident, dirty (freed pages kept for reuse), retained (address space kept unmapped).");
+
         BatcherObserver = new BatchObserver(this);
     }
+
+    /// <summary>Where <see cref="NativeMemoryName"/> reads its values (state, bytes) from; none until set.</summary>
+    public void ObserveNativeMemoryFrom(Func<IReadOnlyList<(string State, long Bytes)>> source) => _nativeMemory = source;
+
+    /// <summary>The server gave memory back; <paramref name="reason"/>: idle or dirty_limit.</summary>
+    public void MemoryReleased(string reason) =>
+        _memoryReleases.Add(1, new KeyValuePair<string, object?>(MemoryReleaseReasonTag, reason));
+
+    private IEnumerable<Measurement<long>> ObserveNativeMemory() =>
+        _nativeMemory?.Invoke().Select(m => new Measurement<long>(m.Bytes, new KeyValuePair<string, object?>(MemoryStateTag, m.State))) ?? [];
 
     /// <summary>Hook the batcher calls for every executed batch.</summary>
     public BatcherObserver BatcherObserver { get; }
