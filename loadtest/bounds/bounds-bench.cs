@@ -185,12 +185,18 @@ static class Scenarios
     {
         await using var server = await Server.StartAsync(o, ["--max-queue-size", o.MaxQueueSize.ToString(CultureInfo.InvariantCulture)]);
         using var pool = new ChannelPool(server.Address, 4);
-        double capacity = await MeasureCapacityAsync(pool, TimeSpan.FromSeconds(o.Seconds / 2), concurrency: o.MaxQueueSize);
+        // CPU seconds (server, this load generator) per answer: on a shared machine they vary less than throughput.
+        await RunClosedAsync(pool, TimeSpan.FromSeconds(3), o.MaxQueueSize);
+        double cpuStart = server.CpuSeconds();
+        var capacityRun = await RunClosedAsync(pool, TimeSpan.FromSeconds(o.Seconds / 2), o.MaxQueueSize);
+        double capacity = capacityRun.Ok / (o.Seconds / 2);
+        double cpuPerOk = (server.CpuSeconds() - cpuStart) / Math.Max(1, capacityRun.Ok);
         double rate = capacity * o.Factor;
         Console.WriteLine($"overload: capacity {capacity:F1} img/s (closed loop, {o.MaxQueueSize} callers); open loop at {rate:F1} req/s ({o.Factor}x) for {o.Seconds} s, MaxQueueSize={o.MaxQueueSize}");
         var outcomes = new Outcomes();
         var duration = TimeSpan.FromSeconds(o.Seconds);
         var calls = new List<Task>();
+        double cpuOverload = server.CpuSeconds(), ownOverload = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
         var clock = Stopwatch.StartNew();
         // Goodput counts answers from the first quarter (the queue has filled by then) to the last arrival.
         var settled = duration / 4;
@@ -207,6 +213,8 @@ static class Scenarios
         }
         double goodput = (outcomes.Ok - (okAtSettled ?? 0)) / (clock.Elapsed - settled).TotalSeconds;
         await Task.WhenAll(calls);
+        double serverCpu = server.CpuSeconds() - cpuOverload, ownCpu = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds - ownOverload;
+        int refused = outcomes.RejectedLatency.Count;
         // The machine is shared: capacity measured on both sides of the overload, and their mean used.
         double capacityAfter = await MeasureCapacityAsync(pool, TimeSpan.FromSeconds(o.Seconds / 2), concurrency: o.MaxQueueSize);
         Console.WriteLine($"  capacity before {capacity:F1}, after {capacityAfter:F1} img/s");
@@ -216,6 +224,10 @@ static class Scenarios
         Console.WriteLine($"  admitted latency: {outcomes.OkLatency.Summary()}");
         Console.WriteLine($"  rejection latency: {outcomes.RejectedLatency.Summary()}");
         Console.WriteLine($"  server-side handler time of rejections: {await server.RejectionHandlerTimesAsync()}");
+        // What the refusals cost shows as server CPU per answer above the capacity run's (same answers, plus refusals).
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"  server CPU per answer: capacity run {cpuPerOk * 1000:F1} ms, overload {serverCpu / Math.Max(1, outcomes.Ok) * 1000:F1} ms " +
+            $"({serverCpu:F1} s for {outcomes.Ok} answers and {refused} refusals); load generator CPU in the overload {ownCpu:F1} s"));
         return 0;
     }
 
@@ -468,6 +480,11 @@ sealed class Latencies
         lock (_ms) _ms.Add(elapsed.TotalMilliseconds);
     }
 
+    public int Count
+    {
+        get { lock (_ms) return _ms.Count; }
+    }
+
     public string Summary()
     {
         lock (_ms)
@@ -644,6 +661,22 @@ sealed class Server : IAsyncDisposable
         {
         }
         return 0;
+    }
+
+    /// <summary>CPU time (user + system) the server has used, from /proc (10 ms resolution).</summary>
+    public double CpuSeconds()
+    {
+        try
+        {
+            string stat = File.ReadAllText($"/proc/{Process.Id}/stat");
+            string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            // Fields 14 and 15 of stat (utime, stime), counted from the state field (3).
+            return (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) / 100.0;
+        }
+        catch (IOException)
+        {
+            return 0;
+        }
     }
 
     public void Signal(int signal) => _ = Kill(Process.Id, signal);

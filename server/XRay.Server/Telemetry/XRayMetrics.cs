@@ -29,6 +29,9 @@ public sealed class XRayMetrics : IDisposable
     public const string ModelInfoName = "xray.server.model.info";
     public const string ModelReadyName = "xray.server.model.ready";
     public const string MemoryReleasesName = "xray.server.memory.releases";
+    public const string DecodesActiveName = "xray.server.decode.active";
+    public const string DecodesWaitingName = "xray.server.decode.waiting";
+    public const string DecodeWaitName = "xray.server.decode.wait_time";
     public const string NativeMemoryName = "xray.server.memory.native";
 
     // Tag names: OpenTelemetry RPC conventions where one exists (rpc.method is the full gRPC method name,
@@ -77,6 +80,8 @@ public sealed class XRayMetrics : IDisposable
     private readonly Histogram<int> _batchSize;
     private readonly Counter<long> _batches;
     private readonly Counter<long> _memoryReleases;
+    private readonly Histogram<double> _decodeWait;
+    private Func<(int Active, int Waiting)>? _decodes;
     private Func<IReadOnlyList<(string State, long Bytes)>>? _nativeMemory;
     private readonly Counter<long> _imagesClassified;
 
@@ -139,8 +144,27 @@ public sealed class XRayMetrics : IDisposable
         _meter.CreateObservableGauge(NativeMemoryName, ObserveNativeMemory, unit: "By",
             description: "The native allocator's memory (jemalloc): allocated (held by the program: tensors, decoded images), resident, dirty (freed pages kept for reuse), retained (address space kept unmapped).");
 
+        _decodeWait = _meter.CreateHistogram(
+            DecodeWaitName, unit: "s",
+            description: "Time a PNG/JPEG image waited for a slot of the decode pool (Decoding:MaxConcurrentDecodes) before decoding.",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets });
+        _meter.CreateObservableGauge(DecodesActiveName, () => _decodes?.Invoke().Active ?? 0, unit: "{decode}",
+            description: "PNG/JPEG decodes running now (at most Decoding:MaxConcurrentDecodes).");
+        _meter.CreateObservableGauge(DecodesWaitingName, () => _decodes?.Invoke().Waiting ?? 0, unit: "{decode}",
+            description: "PNG/JPEG decodes waiting for a slot of the decode pool (their images already hold room in the queue).");
+        foreach (string reason in new[] { "idle", "dirty_limit" })
+        {
+            _memoryReleases.Add(0, new KeyValuePair<string, object?>(MemoryReleaseReasonTag, reason));
+        }
+
         BatcherObserver = new BatchObserver(this);
     }
+
+    /// <summary>Where the decode gauges read decodes running and waiting from.</summary>
+    public void ObserveDecodesFrom(Func<(int Active, int Waiting)> source) => _decodes = source;
+
+    /// <summary>An image waited <paramref name="wait"/> for a decode slot.</summary>
+    public void DecodeWaited(TimeSpan wait) => _decodeWait.Record(wait.TotalSeconds);
 
     /// <summary>Where <see cref="NativeMemoryName"/> reads its values (state, bytes) from; none until set.</summary>
     public void ObserveNativeMemoryFrom(Func<IReadOnlyList<(string State, long Bytes)>> source) => _nativeMemory = source;
