@@ -139,11 +139,11 @@ public sealed partial class ClassifierService(
         span?.SetTag(XRayTracing.RequestIdTag, LogText.Quote(request.RequestId));
         int maxImages = batchingOptions.Value.MaxQueueSize;
         // Admission before decoding: room in the queue is taken (or refused at once) before a pixel is decoded, and
-        // given back if decoding fails. The caller's share is per connection (context.Peer): one connection's backlog
-        // cannot starve another's requests.
+        // given back if decoding fails. The caller's share is per authenticated caller, else per connection: one
+        // caller's backlog cannot starve another's requests.
         // A request whose deadline is shorter than the estimated wait is refused here too: it would time out queued.
         DateTimeOffset? deadline = context.Deadline == DateTime.MaxValue ? null : new DateTimeOffset(context.Deadline);
-        using QueueReservation reservation = model.Batcher.Reserve(RequestDecoder.CountImages(request, maxImages), context.Peer, deadline);
+        using QueueReservation reservation = model.Batcher.Reserve(RequestDecoder.CountImages(request, maxImages), FairShareKey(context), deadline);
         float[][] images = await RequestDecoder.DecodeAsync(request, model.Preprocessor, maxImages, decodePool, context.CancellationToken, model.Buffers)
             .ConfigureAwait(false);
         span?.SetTag(XRayTracing.ImagesTag, images.Length);
@@ -172,6 +172,15 @@ public sealed partial class ClassifierService(
         }
         return response;
     }
+
+    /// <summary>
+    /// Whose fair share a request counts against: the authenticated caller (API key, token subject, client certificate
+    /// identity) when there is one, so that one caller's many connections share one turn; otherwise its connection.
+    /// </summary>
+    internal static object FairShareKey(ServerCallContext context) =>
+        context.GetHttpContext().User.Identity is { IsAuthenticated: true, Name: { Length: > 0 } name } identity
+            ? $"caller:{identity.AuthenticationType}:{name}"
+            : context.Peer;
 
     /// <summary>Maps a failed request to its status, counts it and logs it: one line per failed request.</summary>
     private Status Failed(string method, string requestId, Exception exception, ServerCallContext context, long started)
