@@ -152,11 +152,6 @@ public sealed class XRayMetrics : IDisposable
             description: "PNG/JPEG decodes running now (at most Decoding:MaxConcurrentDecodes).");
         _meter.CreateObservableGauge(DecodesWaitingName, () => _decodes?.Invoke().Waiting ?? 0, unit: "{decode}",
             description: "PNG/JPEG decodes waiting for a slot of the decode pool (their images already hold room in the queue).");
-        foreach (string reason in new[] { "idle", "dirty_limit" })
-        {
-            _memoryReleases.Add(0, new KeyValuePair<string, object?>(MemoryReleaseReasonTag, reason));
-        }
-
         BatcherObserver = new BatchObserver(this);
     }
 
@@ -191,6 +186,10 @@ public sealed class XRayMetrics : IDisposable
         foreach (string reason in RejectionReasons.All)
         {
             _rejectedRequests.Add(0, new KeyValuePair<string, object?>(ReasonTag, reason));
+        }
+        foreach (string reason in new[] { "idle", "dirty_limit" })
+        {
+            _memoryReleases.Add(0, new KeyValuePair<string, object?>(MemoryReleaseReasonTag, reason));
         }
         foreach (string method in new[] { ClassifierMethods.Classify, ClassifierMethods.ClassifyStream })
         {
