@@ -15,7 +15,7 @@ public sealed class RequestLoggingTests
 {
     private static readonly TimeSpan Timeout = TestServer.Timeout;
     private static readonly string Category = typeof(ClassifierService).FullName!;
-    private static readonly string[] AllowedFields = ["RequestId", "Method", "StatusCode", "Detail", "{OriginalFormat}"];
+    private static readonly string[] AllowedFields = ["RequestId", "Method", "StatusCode", "Detail", "Skipped", "{OriginalFormat}"];
 
     private static Task<TestServer> StartAsync(FakeModelBackendFactory factory, bool waitUntilServing = true) =>
         TestServer.StartAsync(factory, builder =>
