@@ -130,6 +130,13 @@ public sealed class XRayMetrics : IDisposable
         BatcherObserver = new BatchObserver(this);
     }
 
+    /// <summary>Cumulative counts of the served model (the Open Inference Protocol's ModelStatistics).</summary>
+    public ServingStatistics Statistics { get; } = new();
+
+    // The methods that classify: their outcomes and durations count in Statistics.
+    private static readonly HashSet<string> ClassifyingMethods =
+        [ClassifierMethods.Classify, ClassifierMethods.ClassifyStream, InferenceMethods.ModelInfer, InferenceMethods.ModelStreamInfer];
+
     /// <summary>Hook the batcher calls for every executed batch.</summary>
     public BatcherObserver BatcherObserver { get; }
 
@@ -142,11 +149,12 @@ public sealed class XRayMetrics : IDisposable
             _replacedModels = [.. _replacedModels.Append(ModelInfoTags(previous)).DistinctBy(Describe).Where(tags => Describe(tags) != Describe(served))];
         }
         _model = model;
+        Statistics.Reset();
         foreach (string reason in RejectionReasons.All)
         {
             _rejectedRequests.Add(0, new KeyValuePair<string, object?>(ReasonTag, reason));
         }
-        foreach (string method in new[] { ClassifierMethods.Classify, ClassifierMethods.ClassifyStream })
+        foreach (string method in new[] { ClassifierMethods.Classify, ClassifierMethods.ClassifyStream, InferenceMethods.ModelInfer, InferenceMethods.ModelStreamInfer })
         {
             foreach (StatusCode status in FailureStatuses)
             {
@@ -192,6 +200,10 @@ public sealed class XRayMetrics : IDisposable
         {
             _failedRequests.Add(1, methodTag, statusTag);
         }
+        if (ClassifyingMethods.Contains(method))
+        {
+            Statistics.RequestCompleted(status == StatusCode.OK, startTimestamp);
+        }
     }
 
     /// <summary>A request was turned away uncomputed; <paramref name="reason"/> is one of <see cref="RejectionReasons"/>.</summary>
@@ -199,7 +211,11 @@ public sealed class XRayMetrics : IDisposable
         _rejectedRequests.Add(1, new KeyValuePair<string, object?>(ReasonTag, reason));
 
     /// <summary>How long a successful request waited in the queue.</summary>
-    public void RequestQueued(TimeSpan timeInQueue) => _requestTimeInQueue.Record(timeInQueue.TotalSeconds);
+    public void RequestQueued(TimeSpan timeInQueue)
+    {
+        _requestTimeInQueue.Record(timeInQueue.TotalSeconds);
+        Statistics.RequestQueued(timeInQueue);
+    }
 
     private void BatchCompleted(int batchSize, TimeSpan duration, Exception? error)
     {
@@ -214,6 +230,7 @@ public sealed class XRayMetrics : IDisposable
         if (error is null)
         {
             _imagesClassified.Add(batchSize);
+            Statistics.BatchSucceeded(batchSize, duration);
         }
     }
 
