@@ -33,6 +33,11 @@ internal static class InferenceTensors
     public const string BinaryDataParameter = "binary_data";
     public const string BinaryDataOutputParameter = "binary_data_output";
 
+    /// <summary>Response parameters: microseconds queued, microseconds of compute, images in the batch (largest over the request's images).</summary>
+    public const string QueueUsParameter = "queue_us";
+    public const string ComputeUsParameter = "compute_us";
+    public const string BatchSizeParameter = "batch_size";
+
     /// <summary>What a request asks for beyond its images.</summary>
     public sealed record Options(IReadOnlyList<string> Outputs, bool Raw, TimeSpan? Timeout);
 
@@ -214,6 +219,13 @@ internal static class InferenceTensors
             ModelVersion = classified.ModelVersion,
             Id = request.Id,
         };
+        // How the request was served, as xray.v1 reports it per image: the longest wait, compute time and largest batch.
+        if (classified.Predictions.Count > 0)
+        {
+            response.Parameters.Add(QueueUsParameter, new InferParameter { Int64Param = classified.Predictions.Max(p => p.Timing.QueueUs) });
+            response.Parameters.Add(ComputeUsParameter, new InferParameter { Int64Param = classified.Predictions.Max(p => p.Timing.ComputeUs) });
+            response.Parameters.Add(BatchSizeParameter, new InferParameter { Int64Param = classified.Predictions.Max(p => p.Timing.BatchSize) });
+        }
         int rows = classified.Predictions.Count;
         int classes = rows == 0 ? 0 : classified.Predictions[0].Logits.Count;
         foreach (string name in options.Outputs)
