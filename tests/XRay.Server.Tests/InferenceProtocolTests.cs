@@ -257,7 +257,7 @@ public sealed class InferenceProtocolTests
             ("two inputs", With(r => r.Inputs.Add(r.Inputs[0].Clone())), StatusCode.InvalidArgument, "has 2 inputs"),
             ("input name", With(r => r.Inputs[0].Name = "INPUT__0"), StatusCode.InvalidArgument, "'INPUT__0'; this model's input is images"),
             ("unknown output", With(r => r.Outputs.Add(new ModelInferRequest.Types.InferRequestedOutputTensor { Name = "boxes" })), StatusCode.InvalidArgument, "'boxes' is not an output"),
-            ("unknown parameter", With(r => r.Parameters.Add("sequence_id", new InferParameter { Int64Param = 3 })), StatusCode.InvalidArgument, "'sequence_id' is not a parameter"),
+            ("unknown parameter", With(r => r.Parameters.Add("sequence_id", new InferParameter { Int64Param = 3 })), StatusCode.InvalidArgument, "parameters['sequence_id'] is not a parameter"),
             ("timeout type", With(r => r.Parameters.Add("timeout", new InferParameter { StringParam = "1s" })), StatusCode.InvalidArgument, "int64_param"),
             ("uint8 over 255", With(r => { r.RawInputContents.Clear(); r.Inputs[0].Contents = tooLarge; }), StatusCode.InvalidArgument, "uint_contents[0] is 256"),
             ("values in another field", With(r => { r.RawInputContents.Clear(); r.Inputs[0].Contents = mixedFields; }), StatusCode.InvalidArgument, "values outside uint_contents"),

@@ -89,7 +89,10 @@ public sealed partial class InferenceEndpoint(
     public Task<ModelStatisticsResponse> ModelStatistics(ModelStatisticsRequest request, ServerCallContext context) =>
         Answer(InferenceMethods.ModelStatistics, context, () =>
         {
-            ServedModel model = Served(request.Name, request.Version);
+            // No name: every model, which is the one served.
+            ServedModel model = request.Name.Length == 0 && request.Version.Length == 0
+                ? host.Current ?? throw GrpcErrors.NotReady()
+                : Served(request.Name, request.Version);
             var response = new ModelStatisticsResponse { ModelStats = { InferenceModelDescription.Statistics(model, metrics.Statistics.Read()) } };
             return (response, model.Manifest.Name);
         });
@@ -289,12 +292,12 @@ public sealed partial class InferenceEndpoint(
         if (name != manifest.Name)
         {
             throw new RpcException(new Status(StatusCode.NotFound,
-                $"Model {LogText.Quote(name)} is not served here; this server serves {LogText.Quote(manifest.Name)}."));
+                $"Model '{LogText.Quote(name)}' is not served here; this server serves '{LogText.Quote(manifest.Name)}'."));
         }
         if (version.Length > 0 && version != manifest.Version)
         {
             throw new RpcException(new Status(StatusCode.NotFound,
-                $"Model {LogText.Quote(name)} has no version {LogText.Quote(version)}; the served version is {LogText.Quote(manifest.Version)}."));
+                $"Model '{LogText.Quote(name)}' has no version '{LogText.Quote(version)}'; the served version is '{LogText.Quote(manifest.Version)}'."));
         }
     }
 

@@ -78,7 +78,7 @@ internal static class InferenceTensors
                     break;
                 default:
                     throw new InvalidRequestException(
-                        $"parameters[{LogText.Quote(name)}] is not a parameter this server knows; use {TimeoutParameter}, {PriorityParameter} or {BinaryDataOutputParameter}.");
+                        $"parameters['{LogText.Quote(name)}'] is not a parameter this server knows; use {TimeoutParameter}, {PriorityParameter} or {BinaryDataOutputParameter}.");
             }
         }
 
@@ -88,7 +88,7 @@ internal static class InferenceTensors
             if (!Outputs.Contains(output.Name, StringComparer.Ordinal))
             {
                 throw new InvalidRequestException(
-                    $"outputs: {LogText.Quote(output.Name)} is not an output of this model; its outputs are {LogitsOutput} and {ProbabilitiesOutput}.");
+                    $"outputs: '{LogText.Quote(output.Name)}' is not an output of this model; its outputs are {LogitsOutput} and {ProbabilitiesOutput}.");
             }
             if (outputs.Contains(output.Name, StringComparer.Ordinal))
             {
@@ -99,7 +99,7 @@ internal static class InferenceTensors
                 if (name != BinaryDataParameter)
                 {
                     throw new InvalidRequestException(
-                        $"outputs[{output.Name}].parameters[{LogText.Quote(name)}] is not a parameter this server knows; use {BinaryDataParameter}.");
+                        $"outputs[{output.Name}].parameters['{LogText.Quote(name)}'] is not a parameter this server knows; use {BinaryDataParameter}.");
                 }
                 bool binary = Boolean(value, $"outputs[{output.Name}].parameters[\"{BinaryDataParameter}\"]");
                 if (raw is { } other && other != binary)
@@ -124,7 +124,7 @@ internal static class InferenceTensors
         ModelInferRequest.Types.InferInputTensor input = request.Inputs[0];
         if (input.Name != InputName)
         {
-            throw new InvalidRequestException($"inputs[0].name is {LogText.Quote(input.Name)}; this model's input is {InputName}.");
+            throw new InvalidRequestException($"inputs[0].name is '{LogText.Quote(input.Name)}'; this model's input is {InputName}.");
         }
         if (input.Parameters.Count > 0)
         {
@@ -201,7 +201,7 @@ internal static class InferenceTensors
                 }
             default:
                 throw new InvalidRequestException(
-                    $"inputs[{InputName}].datatype {LogText.Quote(input.Datatype)} is not accepted; use FP32 or UINT8 (shape [N,C,{size},{size}]) or BYTES (encoded PNG/JPEG).");
+                    $"inputs[{InputName}].datatype '{LogText.Quote(input.Datatype)}' is not accepted; use FP32 or UINT8 (shape [N,C,{size},{size}]) or BYTES (encoded PNG/JPEG).");
         }
     }
 
