@@ -86,7 +86,7 @@ public sealed class XRayMetrics : IDisposable
 
         _requestDuration = _meter.CreateHistogram(
             RequestDurationName, unit: "s",
-            description: "Duration of Classify requests (each message of a ClassifyStream call counts as one) and GetModelInfo calls, from arrival to answer.",
+            description: "Duration of Classify and ModelInfer requests (each message of a ClassifyStream or ModelStreamInfer call counts as one) and of the other calls, from arrival to answer.",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets });
         _requestTimeInQueue = _meter.CreateHistogram(
             RequestTimeInQueueName, unit: "s",
@@ -94,7 +94,7 @@ public sealed class XRayMetrics : IDisposable
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets });
         _activeRequests = _meter.CreateUpDownCounter<long>(
             ActiveRequestsName, unit: "{request}",
-            description: "Classify requests in flight: decoding, queued or running.");
+            description: "Classify and ModelInfer requests in flight: decoding, queued or running.");
         _failedRequests = _meter.CreateCounter<long>(
             FailedRequestsName, unit: "{request}",
             description: "Requests answered with a status other than OK, by method and status.");
