@@ -338,6 +338,57 @@ public sealed class InferenceProtocolTests
     }
 
     [Fact]
+    public async Task ModelStreamInfer_OnStop_AnswersItsInFlightRequest_AndEndsUnavailableWithinTheBound()
+    {
+        var backend = new FakeModelBackend();
+        await using var server = await TestServer.StartAsync(new FakeModelBackendFactory(backend));
+        var client = Inference(server);
+        using var busy = client.ModelStreamInfer();
+        using var idle = client.ModelStreamInfer();
+
+        async Task<(List<string> Answered, StatusCode Status)> ReadToEndAsync(AsyncDuplexStreamingCall<ModelInferRequest, ModelStreamInferResponse> stream)
+        {
+            var answered = new List<string>();
+            try
+            {
+                while (await stream.ResponseStream.MoveNext())
+                {
+                    var response = stream.ResponseStream.Current;
+                    answered.Add(response.ErrorMessage.Length == 0 ? response.InferResponse.Id : $"{response.InferResponse.Id}: {response.ErrorMessage}");
+                }
+                return (answered, StatusCode.OK);
+            }
+            catch (RpcException ex)
+            {
+                return (answered, ex.StatusCode);
+            }
+        }
+
+        Task stopped;
+        Task<(List<string> Answered, StatusCode Status)>[] endings;
+        using (Held(backend))
+        {
+            Task<int> started = NextBatchStarted(backend);
+            await busy.RequestStream.WriteAsync(Raw("UINT8", [1, 1, 224, 224], new byte[224 * 224], "in-flight"));
+            await started.WaitAsync(Timeout);
+            endings = [ReadToEndAsync(busy), ReadToEndAsync(idle)];
+            using TestServer.HealthWatch watch = server.WatchHealth();
+            await watch.UntilAsync(HealthCheckResponse.Types.ServingStatus.Serving);
+            stopped = server.App.StopAsync();
+            await watch.UntilAsync(HealthCheckResponse.Types.ServingStatus.NotServing);
+        }
+        // Well inside the host's 30 s shutdown timeout: open streams do not hold stopping.
+        await stopped.WaitAsync(TimeSpan.FromSeconds(10));
+        var ended = await Task.WhenAll(endings).WaitAsync(Timeout);
+
+        Assert.Equal(["in-flight"], ended[0].Answered);
+        Assert.Empty(ended[1].Answered);
+        // UNAVAILABLE as the server ends them (a client still sending may see the connection close first: INTERNAL).
+        Assert.All(ended, ending => Assert.Contains(ending.Status, new[] { StatusCode.Unavailable, StatusCode.Internal }));
+        Assert.Contains(ended, ending => ending.Status == StatusCode.Unavailable);
+    }
+
+    [Fact]
     public async Task OneBatch_MixesXrayAndInferenceProtocolRequests()
     {
         var backend = new FakeModelBackend();
