@@ -4,7 +4,7 @@ namespace XRay.Model;
 
 /// <summary>
 /// The server's built-in model: the checkpoint in <c>DefaultCheckpoint/</c>, embedded in this assembly: a linear head
-/// for the 14 NIH findings trained by this project's <c>xray-train train</c> (the README has the exact command) on CNTK's
+/// for the 14 NIH findings trained by this project's <c>xray-train train</c> (docs/model.md has the exact command) on CNTK's
 /// ImageNet ResNet-18 with a gray stem. The checkpoint holds only the head; the backbone is imported from the ONNX file
 /// that the build copies beside the program (<see cref="ModelManifest.BaseWeights"/>).
 /// </summary>

@@ -21,6 +21,11 @@ public sealed partial class ClassifierService(
     public override async Task<ClassifyResponse> Classify(ClassifyRequest request, ServerCallContext context)
     {
         long started = metrics.RequestStart(ClassifierMethods.Classify);
+        if (request.RequestId.Length == 0)
+        {
+            // Named by its call, so its log line, span and response carry an id the caller can quote.
+            request.RequestId = CallId(context);
+        }
         try
         {
             ClassifyResponse response = await ClassifyAsync(request, context).ConfigureAwait(false);
@@ -199,7 +204,11 @@ public sealed partial class ClassifierService(
             }
         }
 
-        // The request id, the status and what was wrong; never the request's pixels.
+        // The request id (a stream message without one: its call's), the status and what was wrong; never the pixels.
+        if (requestId.Length == 0)
+        {
+            requestId = CallId(context);
+        }
         if (GrpcErrors.IsServerFault(status.StatusCode))
         {
             LogServerFault(logger, LogText.Quote(requestId), method, status.StatusCode, exception);
@@ -209,6 +218,22 @@ public sealed partial class ClassifierService(
             LogRejected(logger, LogText.Quote(requestId), method, status.StatusCode, status.Detail);
         }
         return status;
+    }
+
+    /// <summary>
+    /// The call's own id, Kestrel's <c>connection:stream</c> (as in its logs and <c>HttpContext.TraceIdentifier</c>):
+    /// names a request that carries no <c>request_id</c>.
+    /// </summary>
+    internal static string CallId(ServerCallContext context)
+    {
+        try
+        {
+            return context.GetHttpContext().TraceIdentifier;
+        }
+        catch (InvalidOperationException)
+        {
+            return "-";
+        }
     }
 
     [LoggerMessage(EventId = 10, Level = LogLevel.Error, Message = "Request {RequestId} ({Method}) failed: {StatusCode}")]
