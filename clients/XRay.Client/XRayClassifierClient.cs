@@ -4,6 +4,7 @@ using Grpc.Health.V1;
 using Grpc.Net.Client;
 using Grpc.Net.Client.Balancer;
 using Grpc.Net.Client.Configuration;
+using XRay.Contracts.Inference;
 using XRay.Contracts.V1;
 
 namespace XRay.Client;
@@ -77,6 +78,7 @@ public sealed class XRayClassifierClient : IDisposable
             : GrpcChannel.ForAddress("static:///xray", channelOptions);
         Addresses = Array.AsReadOnly(uris.Select(uri => uri.ToString().TrimEnd('/')).ToArray());
         Classifier = new Classifier.ClassifierClient(_channel);
+        Inference = new GRPCInferenceService.GRPCInferenceServiceClient(_channel);
         Health = new Health.HealthClient(_channel);
     }
 
@@ -87,6 +89,19 @@ public sealed class XRayClassifierClient : IDisposable
     public Classifier.ClassifierClient Classifier { get; }
 
     public Health.HealthClient Health { get; }
+
+    /// <summary>The Open Inference Protocol (KServe v2) stub on the same channel (<see cref="OpenInference"/> builds its requests).</summary>
+    public GRPCInferenceService.GRPCInferenceServiceClient Inference { get; }
+
+    /// <summary>ModelInfer, with this client's timeout.</summary>
+    public async Task<ModelInferResponse> InferAsync(ModelInferRequest request, CancellationToken cancellationToken = default) =>
+        await Inference.ModelInferAsync(request, CallOptions(cancellationToken)).ConfigureAwait(false);
+
+    /// <summary>Opens a ModelStreamInfer call on which many requests can be in flight at once.</summary>
+    public InferenceStreamSession OpenInferenceStream(TimeSpan? timeout = null, CancellationToken cancellationToken = default) =>
+        new(Inference.ModelStreamInfer(new CallOptions(
+            deadline: timeout is { } t ? DateTime.UtcNow + t : null,
+            cancellationToken: cancellationToken)));
 
     public Task<ClassifyResponse> ClassifyFilesAsync(IEnumerable<string> paths, CancellationToken cancellationToken = default) =>
         ClassifyEncodedAsync(paths.Select(path => (ReadOnlyMemory<byte>)File.ReadAllBytes(path)), cancellationToken);

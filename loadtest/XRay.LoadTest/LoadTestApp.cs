@@ -74,6 +74,7 @@ public static class LoadTestApp
         var device = new Option<string>("--device") { Description = "auto, cpu or cuda, for the raw run and the servers.", DefaultValueFactory = _ => "auto" };
         var precision = new Option<string>("--precision") { Description = "fp32 or bf16.", DefaultValueFactory = _ => "fp32" };
         var runtime = new Option<string>("--runtime") { Description = "auto, torch or onnxruntime, for the raw run and the servers.", DefaultValueFactory = _ => "auto" };
+        var compareApis = new Option<string?>("--compare-apis") { Description = "APIs measured side by side in this run with the same load, e.g. unary,kserve (xray.v1 Classify against the Open Inference Protocol's ModelInfer; overrides --api)." };
         var compare = new Option<string?>("--compare") { Description = "Runtime/precision pairs measured side by side in this run, e.g. onnxruntime/fp32,torch/fp32,torch/bf16 (overrides --runtime and --precision)." };
         var rawSizes = new Option<string>("--raw-batch-sizes") { Description = "Raw batch sizes to measure.", DefaultValueFactory = _ => "1,2,4,8,16,32" };
         var rawSeconds = new Option<double>("--raw-seconds") { Description = "Seconds of forwards per raw batch size, at least.", DefaultValueFactory = _ => 3 };
@@ -88,7 +89,7 @@ public static class LoadTestApp
         var targetsOnly = new Option<bool>("--targets-only") { Description = "Measure only the servers given as targets; start none." };
         var bench = new Command("bench", "In one run: the raw model per batch size (xray-train raw-benchmark), the server unbatched (MaxBatchSize=1) and batched, same load; with ratios.")
         {
-            model, architecture, device, precision, runtime, compare, rawSizes, rawSeconds, rawIterations, maxBatch, probe, serverPath, trainPath, serverArgs, unbatchedTarget, batchedTarget, targetsOnly,
+            model, architecture, device, precision, runtime, compare, compareApis, rawSizes, rawSeconds, rawIterations, maxBatch, probe, serverPath, trainPath, serverArgs, unbatchedTarget, batchedTarget, targetsOnly,
         };
         var o = new SharedOptions(concurrencyDefault: 32, durationDefault: 15, warmupDefault: 5);
         o.AddTo(bench, withTarget: false);
@@ -103,6 +104,9 @@ public static class LoadTestApp
                 Precision = result.GetValue(precision)!,
                 Runtime = result.GetValue(runtime)!,
                 Compare = ParseCompare(result.GetValue(compare)),
+                CompareApis = result.GetValue(compareApis) is { } apis
+                    ? apis.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(api => CallApis.Parse(api, "--compare-apis")).ToArray()
+                    : [],
                 RawBatchSizes = ParseList(result.GetValue(rawSizes)!, "--raw-batch-sizes").Select(v => (int)v).ToArray(),
                 RawSeconds = result.GetValue(rawSeconds),
                 RawIterations = result.GetValue(rawIterations),
@@ -299,7 +303,7 @@ public static class LoadTestApp
         public readonly Option<long?> Requests = new("--requests", "-n") { Description = "Measure this many requests instead of a duration." };
         public readonly Option<double> Warmup = new("--warmup") { Description = "Seconds of unrecorded load first.", DefaultValueFactory = _ => warmupDefault };
         public readonly Option<int> Connections = new("--connections") { Description = "HTTP/2 connections to spread the load over.", DefaultValueFactory = _ => 1 };
-        public readonly Option<string> Api = new("--api") { Description = "unary (Classify) or stream (ClassifyStream, one stream per connection).", DefaultValueFactory = _ => "unary" };
+        public readonly Option<string> Api = new("--api") { Description = "unary (Classify), stream (ClassifyStream, one stream per connection), kserve (Open Inference Protocol ModelInfer) or kserve-stream (ModelStreamInfer, one stream per connection).", DefaultValueFactory = _ => "unary" };
         public readonly Option<double> Timeout = PositiveSeconds(new("--timeout") { Description = "Deadline of each request, seconds.", DefaultValueFactory = _ => 30 });
         public readonly Option<int> MaxInFlight = new("--max-in-flight") { Description = "Open loop: outstanding requests at most; later arrivals are dropped and counted.", DefaultValueFactory = _ => 10_000 };
         public readonly Option<int> Seed = new("--seed") { Description = "Seed for Poisson arrivals and generated payloads.", DefaultValueFactory = _ => 1 };
@@ -348,7 +352,7 @@ public static class LoadTestApp
                 Requests = result.GetValue(Requests),
                 Warmup = TimeSpan.FromSeconds(result.GetValue(Warmup)),
                 Connections = result.GetValue(Connections),
-                Api = ParseEnum<CallApi>(result.GetValue(Api)!, "--api"),
+                Api = CallApis.Parse(result.GetValue(Api)!, "--api"),
                 Timeout = TimeSpan.FromSeconds(result.GetValue(Timeout)),
                 MaxInFlight = result.GetValue(MaxInFlight),
                 Seed = result.GetValue(Seed),

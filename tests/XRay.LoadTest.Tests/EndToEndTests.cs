@@ -80,6 +80,24 @@ public sealed class EndToEndTests
         Assert.Equal("stream", result.Api);
     }
 
+    [Theory]
+    [InlineData(CallApi.Kserve, "kserve")]
+    [InlineData(CallApi.KserveStream, "kserve-stream")]
+    public async Task OpenInferenceProtocolApis_CarryTheLoad_WithTheServersTiming(CallApi api, string name)
+    {
+        var backend = new FakeModelBackend();
+        await using var server = await TestServer.StartAsync(new FakeModelBackendFactory(backend));
+        var profile = new LoadProfile { Concurrency = 3, Requests = 12, Warmup = TimeSpan.Zero, Api = api };
+
+        RunResult result = await new LoadRunner([server.Address], profile, Pool(PayloadKind.Png)).RunAsync().WaitAsync(Bound);
+
+        Assert.True(result.Requests.Ok == 12, $"{result.Requests.Ok} of {result.Requests.Sent} OK; status codes: {string.Join(", ", result.StatusCodes)}");
+        Assert.Equal(name, result.Api);
+        Assert.Equal(12, backend.ImagesComputed);
+        // The protocol's responses carry the server's timing as parameters; the run reads them as xray.v1's.
+        Assert.Equal(12, result.Server.BatchSize.ImagesByBatchSize.Values.Sum());
+    }
+
     [Fact]
     public async Task UnreachableServer_FailuresAreCountedByStatusNotThrown()
     {

@@ -32,6 +32,9 @@ public sealed record BenchOptions
     /// </summary>
     public IReadOnlyList<(string Runtime, string Precision)> Compare { get; init; } = [];
 
+    /// <summary>APIs measured side by side, each with the same load (empty: only <see cref="LoadProfile.Api"/>).</summary>
+    public IReadOnlyList<CallApi> CompareApis { get; init; } = [];
+
     /// <summary>Raw batch sizes (default 1, 2, 4, 8, 16, 32).</summary>
     public IReadOnlyList<int> RawBatchSizes { get; init; } = [1, 2, 4, 8, 16, 32];
 
@@ -93,17 +96,25 @@ public sealed class BenchRunner(BenchOptions benchOptions, IRunPresenter present
             : null;
         try
         {
-            if (options.Compare.Count == 0)
+            if (options.Compare.Count > 0 && options.CompareApis.Count > 0)
+            {
+                throw new ArgumentException("--compare and --compare-apis each run the bench once per entry: give one of them.");
+            }
+            if (options.Compare.Count == 0 && options.CompareApis.Count == 0)
             {
                 return await RunAsync(options, randomModel, cancellationToken).ConfigureAwait(false);
             }
 
+            // Each configuration: a runtime/precision pair, or an API carrying the same load.
+            BenchOptions[] configurations = options.Compare.Count > 0
+                ? [.. options.Compare.Select(pair => options with { Runtime = pair.Runtime, Precision = pair.Precision })]
+                : [.. options.CompareApis.Select(api => options with { Load = options.Load with { Api = api } })];
             var results = new List<BenchResult>();
-            foreach (var (runtime, precision) in options.Compare)
+            foreach (BenchOptions compared in configurations)
             {
-                presenter.Log($"=== {runtime} {precision} ===");
+                presenter.Log($"=== {compared.Runtime} {compared.Precision}, api {compared.Load.Api.Name()} ===");
                 // The random-weight checkpoint is saved by the first raw run and served by every configuration.
-                BenchOptions configuration = options with { Runtime = runtime, Precision = precision };
+                BenchOptions configuration = compared;
                 if (results.Count > 0 && randomModel is not null) configuration = configuration with { ModelPath = randomModel, Architecture = null };
                 results.Add(await RunAsync(configuration, results.Count == 0 ? randomModel : null, cancellationToken).ConfigureAwait(false));
             }

@@ -15,11 +15,32 @@ public enum ArrivalKind
     Poisson,
 }
 
-/// <summary>Unary <c>Classify</c> calls, or requests multiplexed on one <c>ClassifyStream</c> per connection.</summary>
+/// <summary>
+/// Which API carries the load: xray.v1 unary <c>Classify</c> calls or requests multiplexed on one <c>ClassifyStream</c> per
+/// connection; or the Open Inference Protocol (KServe v2), unary <c>ModelInfer</c> or one <c>ModelStreamInfer</c> per
+/// connection, with the same images.
+/// </summary>
 public enum CallApi
 {
     Unary,
     Stream,
+    Kserve,
+    KserveStream,
+}
+
+public static class CallApis
+{
+    private static readonly (CallApi Api, string Name)[] Names =
+        [(CallApi.Unary, "unary"), (CallApi.Stream, "stream"), (CallApi.Kserve, "kserve"), (CallApi.KserveStream, "kserve-stream")];
+
+    /// <summary>The name <c>--api</c> takes and reports show: unary, stream, kserve, kserve-stream.</summary>
+    public static string Name(this CallApi api) => Names.First(entry => entry.Api == api).Name;
+
+    /// <exception cref="ArgumentException">Not one of the names.</exception>
+    public static CallApi Parse(string value, string option) =>
+        Names.FirstOrDefault(entry => string.Equals(entry.Name, value, StringComparison.OrdinalIgnoreCase)) is { Name: not null } found
+            ? found.Api
+            : throw new ArgumentException($"{option} must be one of {string.Join(", ", Names.Select(entry => entry.Name))}; got '{value}'.");
 }
 
 /// <summary>The shape of one load run. Validate with <see cref="Validate"/>.</summary>

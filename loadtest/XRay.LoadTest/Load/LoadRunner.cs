@@ -67,7 +67,7 @@ public sealed class LoadRunner
     public async Task<RunResult> RunAsync(CancellationToken cancellationToken = default)
     {
         if (_start != 0) throw new InvalidOperationException("A LoadRunner runs once.");
-        await using RequestSender sender = RequestSender.Create(_targets, _profile);
+        await using RequestSender sender = await RequestSender.CreateAsync(_targets, _profile, cancellationToken).ConfigureAwait(false);
         _sender = sender;
         CpuMeter clientCpu = CpuMeter.ForCurrentProcess();
         CpuMeter? serverCpu = CpuMeter.ForProcess(_server);
@@ -252,7 +252,7 @@ public sealed class LoadRunner
         {
             Label = _profile.Label,
             Mode = _profile.Mode.ToString().ToLowerInvariant(),
-            Api = _profile.Api.ToString().ToLowerInvariant(),
+            Api = _profile.Api.Name(),
             Concurrency = open ? null : _profile.Concurrency,
             RateRps = open ? _profile.RateRps : null,
             Arrival = open ? _profile.Arrival.ToString().ToLowerInvariant() : null,

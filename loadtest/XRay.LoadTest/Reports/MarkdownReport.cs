@@ -70,7 +70,7 @@ public static class MarkdownReport
             foreach (BenchResult one in compared)
             {
                 md.AppendLine();
-                md.AppendLine(Invariant, $"# {Configuration(one.Model)}");
+                md.AppendLine(Invariant, $"# {Configuration(one)}");
                 OneBench(md, one);
             }
             return;
@@ -79,13 +79,20 @@ public static class MarkdownReport
         OneBench(md, bench);
     }
 
+    private static string Configuration(BenchResult bench)
+    {
+        ModelSummary model = bench.Model;
+        string api = (bench.Batched ?? bench.Unbatched)?.Run.Api ?? "unary";
+        return $"{Configuration(model)}{(api == "unary" ? "" : $", api {api}")}";
+    }
+
     private static string Configuration(ModelSummary model) => $"{(model.Runtime.Length > 0 ? model.Runtime : "torch")} {model.Precision}";
 
     /// <summary>Every configuration's headline numbers in one table, each against the first.</summary>
     private static void SideBySide(StringBuilder md, IReadOnlyList<BenchResult> compared)
     {
         md.AppendLine();
-        md.AppendLine("## Runtimes side by side");
+        md.AppendLine("## Configurations side by side");
         md.AppendLine();
         int[] sizes = compared.SelectMany(b => b.Raw.Select(p => p.BatchSize)).Distinct().Order().ToArray();
         md.AppendLine("| configuration | " + string.Join(" | ", sizes.Select(size => $"raw b{size} img/s")) +
@@ -96,20 +103,20 @@ public static class MarkdownReport
             string raw = string.Join(" | ", sizes.Select(size => F(b.Raw.FirstOrDefault(p => p.BatchSize == size)?.ImagesPerS)));
             BenchRatios r = b.Ratios;
             md.AppendLine(Invariant,
-                $"| {Configuration(b.Model)} | {raw} | {F(r.RawB1ForwardP50Ms)} | {F(b.Unbatched?.Run.Throughput.ImagesPerS)} | {F(b.Batched?.Run.Throughput.ImagesPerS)} | " +
+                $"| {Configuration(b)} | {raw} | {F(r.RawB1ForwardP50Ms)} | {F(b.Unbatched?.Run.Throughput.ImagesPerS)} | {F(b.Batched?.Run.Throughput.ImagesPerS)} | " +
                 $"{F(r.BatchedOverRawSameBatchSizes)} | {F(Divide(b.Batched?.Run.Throughput.ImagesPerS, r.RawBestImagesPerS))} | {F(r.ServedC1P50Ms)} | {F(r.OverheadP50Ms)} |");
         }
 
         BenchResult first = compared[0];
         md.AppendLine();
-        md.AppendLine(Invariant, $"Against {Configuration(first.Model)}:");
+        md.AppendLine(Invariant, $"Against {Configuration(first)}:");
         md.AppendLine();
         md.AppendLine("| configuration | raw best | batched served | one caller p50 (lower is better) |");
         md.AppendLine("|---|--:|--:|--:|");
         foreach (BenchResult b in compared.Skip(1))
         {
             md.AppendLine(Invariant,
-                $"| {Configuration(b.Model)} | {F(Divide(b.Ratios.RawBestImagesPerS, first.Ratios.RawBestImagesPerS))}x | " +
+                $"| {Configuration(b)} | {F(Divide(b.Ratios.RawBestImagesPerS, first.Ratios.RawBestImagesPerS))}x | " +
                 $"{F(Divide(b.Batched?.Run.Throughput.ImagesPerS, first.Batched?.Run.Throughput.ImagesPerS))}x | {F(Divide(b.Ratios.ServedC1P50Ms, first.Ratios.ServedC1P50Ms))}x |");
         }
     }

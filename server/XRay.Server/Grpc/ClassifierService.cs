@@ -120,14 +120,19 @@ public sealed partial class ClassifierService(
         return Task.FromResult(info);
     }
 
-    private async Task<ClassifyResponse> ClassifyAsync(ClassifyRequest request, ServerCallContext context)
+    /// <summary>
+    /// Classifies <paramref name="request"/> on the served model: admission, decoding, the batcher, predictions. Shared
+    /// by every API that classifies (xray.v1 and the Open Inference Protocol), so that all answer alike.
+    /// </summary>
+    /// <param name="deadline">An earlier deadline than the call's own, if any (a request's timeout parameter).</param>
+    internal async Task<ClassifyResponse> ClassifyAsync(ClassifyRequest request, ServerCallContext context, DateTimeOffset? deadline = null)
     {
         while (true)
         {
             ServedModel model = host.Current ?? throw GrpcErrors.NotReady();
             try
             {
-                return await ClassifyAsync(request, model, context).ConfigureAwait(false);
+                return await ClassifyAsync(request, model, context, deadline).ConfigureAwait(false);
             }
             catch (BatchRejectedException ex) when (ex.Reason == RejectionReason.ShuttingDown && host.Current is { } current && current != model)
             {
@@ -137,7 +142,7 @@ public sealed partial class ClassifierService(
         }
     }
 
-    private async Task<ClassifyResponse> ClassifyAsync(ClassifyRequest request, ServedModel model, ServerCallContext context)
+    private async Task<ClassifyResponse> ClassifyAsync(ClassifyRequest request, ServedModel model, ServerCallContext context, DateTimeOffset? earlierDeadline)
     {
         // The span of this request: the RPC's, or the stream message's. The batches that run its images link to it.
         Activity? span = Activity.Current;
@@ -148,6 +153,10 @@ public sealed partial class ClassifierService(
         // caller's backlog cannot starve another's requests.
         // A request whose deadline is shorter than the estimated wait is refused here too: it would time out queued.
         DateTimeOffset? deadline = context.Deadline == DateTime.MaxValue ? null : new DateTimeOffset(context.Deadline);
+        if (earlierDeadline is { } earlier && (deadline is null || earlier < deadline))
+        {
+            deadline = earlier;
+        }
         using QueueReservation reservation = model.Batcher.Reserve(RequestDecoder.CountImages(request, maxImages), FairShareKey(context), deadline);
         float[][] images = await RequestDecoder.DecodeAsync(request, model.Preprocessor, maxImages, decodePool, context.CancellationToken, model.Buffers)
             .ConfigureAwait(false);
@@ -188,7 +197,7 @@ public sealed partial class ClassifierService(
             : context.Peer;
 
     /// <summary>Maps a failed request to its status, counts it and logs it: one line per failed request.</summary>
-    private Status Failed(string method, string requestId, Exception exception, ServerCallContext context, long started)
+    internal Status Failed(string method, string requestId, Exception exception, ServerCallContext context, long started)
     {
         Status status = GrpcErrors.ToStatus(exception, context);
         if (GrpcErrors.RejectionReasonOf(exception, status.StatusCode) is { } reason)

@@ -66,13 +66,17 @@ public static class SecurityExtensions
             {
                 authorization.AddPolicy(SecurityMethods.PolicyName(method), Caller(options.MethodRoles.GetValueOrDefault(method)));
             }
+            foreach (string method in SecurityMethods.Inference.Except(SecurityMethods.Anonymous))
+            {
+                authorization.AddPolicy(SecurityMethods.PolicyName(SecurityMethods.InferenceService, method), Caller(options.MethodRoles.GetValueOrDefault(method)));
+            }
         });
         services.AddSingleton<IAuthorizationMiddlewareResultHandler, GrpcAuthorizationResultHandler>();
 
         // Reflection lists the services explicitly: the Classifier is mapped through ClassifierEndpoint, which the
         // default discovery (by generated base class) does not recognise.
         services.Replace(ServiceDescriptor.Singleton(new ReflectionServiceImpl(
-            Classifier.Descriptor, global::Grpc.Health.V1.Health.Descriptor, global::Grpc.Reflection.V1Alpha.ServerReflection.Descriptor)));
+            Classifier.Descriptor, XRay.Contracts.Inference.GRPCInferenceService.Descriptor, global::Grpc.Health.V1.Health.Descriptor, global::Grpc.Reflection.V1Alpha.ServerReflection.Descriptor)));
         return services;
     }
 
@@ -105,22 +109,30 @@ public static class SecurityExtensions
         return app;
     }
 
-    /// <summary>Per-method policies on the Classifier endpoints when authentication is required; reflection when enabled.</summary>
-    public static IEndpointRouteBuilder MapXraySecurity(this IEndpointRouteBuilder endpoints, GrpcServiceEndpointConventionBuilder classifier,
-        GrpcServiceEndpointConventionBuilder admin)
+    /// <summary>
+    /// Per-method policies on the Classifier and Open Inference Protocol endpoints when authentication is required (the
+    /// protocol's liveness and readiness stay open, as health does), the admin role on the Admin endpoint; reflection
+    /// when enabled.
+    /// </summary>
+    public static IEndpointRouteBuilder MapXraySecurity(this IEndpointRouteBuilder endpoints, GrpcServiceEndpointConventionBuilder admin,
+        params GrpcServiceEndpointConventionBuilder[] services)
     {
         SecurityOptions options = endpoints.ServiceProvider.GetRequiredService<IOptions<SecurityOptions>>().Value;
         if (options.RequireAuthentication)
         {
             // Model swaps: on the Admin endpoint only, and with authentication on, for callers with Security:AdminRole.
             admin.RequireAuthorization(SecurityMethods.AdminPolicy);
-            classifier.Add(endpoint =>
+            foreach (GrpcServiceEndpointConventionBuilder service in services)
             {
-                if (endpoint.Metadata.OfType<GrpcMethodMetadata>().FirstOrDefault() is { } grpc)
+                service.Add(endpoint =>
                 {
-                    endpoint.Metadata.Add(new AuthorizeAttribute(SecurityMethods.PolicyName(grpc.Method.Name)));
-                }
-            });
+                    if (endpoint.Metadata.OfType<GrpcMethodMetadata>().FirstOrDefault() is { } grpc
+                        && !(grpc.Method.ServiceName == SecurityMethods.InferenceService && SecurityMethods.Anonymous.Contains(grpc.Method.Name)))
+                    {
+                        endpoint.Metadata.Add(new AuthorizeAttribute(SecurityMethods.PolicyName(grpc.Method.ServiceName, grpc.Method.Name)));
+                    }
+                });
+            }
         }
         if (options.ReflectionEnabled)
         {

@@ -36,7 +36,8 @@ public sealed class SecurityOptions : IValidatableObject
     public JwtSettings Jwt { get; set; } = new();
 
     /// <summary>
-    /// The role a caller needs per Classifier method (<c>Classify</c>, <c>ClassifyStream</c>, <c>GetModelInfo</c>), e.g.
+    /// The role a caller needs per Classifier method (<c>Classify</c>, <c>ClassifyStream</c>, <c>GetModelInfo</c>) or Open
+    /// Inference Protocol method (<c>ModelInfer</c>, <c>ModelStreamInfer</c>, <c>ModelMetadata</c>, ...), e.g.
     /// <c>Classify: classify</c>. A method not listed needs only an authenticated caller. Default none.
     /// </summary>
     public Dictionary<string, string> MethodRoles { get; set; } = new(StringComparer.Ordinal);
@@ -99,9 +100,11 @@ public sealed class SecurityOptions : IValidatableObject
         {
             yield return new ValidationResult("Security:Jwt:Issuer is required with a signing key (or set Security:Jwt:Authority).");
         }
-        foreach (string method in MethodRoles.Keys.Except(SecurityMethods.Classifier))
+        foreach (string method in MethodRoles.Keys.Except(SecurityMethods.Classifier).Except(SecurityMethods.Inference))
         {
-            yield return new ValidationResult($"Security:MethodRoles: '{method}' is not a Classifier method ({string.Join(", ", SecurityMethods.Classifier)}).");
+            yield return new ValidationResult(
+                $"Security:MethodRoles: '{method}' is not a Classifier method ({string.Join(", ", SecurityMethods.Classifier)}) " +
+                $"nor an Open Inference Protocol method ({string.Join(", ", SecurityMethods.Inference.Except(SecurityMethods.Anonymous))}).");
         }
         if (string.IsNullOrEmpty(Tls.CertificatePem) != string.IsNullOrEmpty(Tls.KeyPem))
         {
@@ -184,8 +187,21 @@ public static class SecurityMethods
 {
     public static readonly IReadOnlyList<string> Classifier = ["Classify", "ClassifyStream", "GetModelInfo"];
 
+    /// <summary>The Open Inference Protocol's methods (<c>inference.GRPCInferenceService</c>).</summary>
+    public static readonly IReadOnlyList<string> Inference =
+        ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer", "ModelStreamInfer", "ModelConfig", "ModelStatistics"];
+
+    /// <summary>Inference methods open to anyone, as gRPC health is: liveness and readiness probes.</summary>
+    public static readonly IReadOnlyList<string> Anonymous = ["ServerLive", "ServerReady"];
+
+    public const string ClassifierService = "xray.v1.Classifier";
+    public const string InferenceService = "inference.GRPCInferenceService";
+
+    /// <summary>The authorization policy of a method, e.g. <c>xray.v1.Classifier/Classify</c>.</summary>
+    public static string PolicyName(string service, string method) => $"{service}/{method}";
+
     /// <summary>The authorization policy of a Classifier method, e.g. <c>xray.v1.Classifier/Classify</c>.</summary>
-    public static string PolicyName(string method) => $"xray.v1.Classifier/{method}";
+    public static string PolicyName(string method) => PolicyName(ClassifierService, method);
 
     public const string MetricsPolicy = "xray.metrics";
     public const string CallerPolicy = "xray.caller";

@@ -65,9 +65,11 @@ public static class ServingExtensions
     {
         // The Classifier through its transport bounds and precise marshallers; health stays open for probes.
         var classifier = endpoints.MapGrpcService<ClassifierEndpoint>();
+        // The Open Inference Protocol (KServe v2) beside it, on the same transport bounds, batcher and security.
+        var inference = endpoints.MapGrpcService<InferenceEndpoint>();
         endpoints.MapGrpcService<HealthServiceImpl>().AllowAnonymous();
         var admin = endpoints.MapGrpcService<ModelAdminService>();
-        endpoints.MapXraySecurity(classifier, admin);
+        endpoints.MapXraySecurity(admin, classifier, inference);
 
         // Plain HTTP probes for orchestrators that do not speak gRPC health (served on the HTTP/1.1 endpoint).
         endpoints.MapGet("/healthz", () => Results.Text("ok"));

@@ -36,6 +36,7 @@ public static class TransportLimits
         services.TryAddSingleton(provider => new LogBudget(10, provider.GetRequiredService<TimeProvider>()));
         services.TryAddScoped<ClassifierService>();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IServiceMethodProvider<ClassifierEndpoint>, ClassifierMethodProvider>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IServiceMethodProvider<InferenceEndpoint>, InferenceMethodProvider>());
 
         // Registered after the model host, so stopped before it: health already says NOT_SERVING when streams close.
         services.AddSingleton<StreamCloser>();

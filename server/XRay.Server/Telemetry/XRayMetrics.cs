@@ -97,7 +97,7 @@ public sealed class XRayMetrics : IDisposable
 
         _requestDuration = _meter.CreateHistogram(
             RequestDurationName, unit: "s",
-            description: "Duration of Classify requests (each message of a ClassifyStream call counts as one) and GetModelInfo calls, from arrival to answer.",
+            description: "Duration of Classify and ModelInfer requests (each message of a ClassifyStream or ModelStreamInfer call counts as one) and of the other calls, from arrival to answer.",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets });
         _requestTimeInQueue = _meter.CreateHistogram(
             RequestTimeInQueueName, unit: "s",
@@ -105,7 +105,7 @@ public sealed class XRayMetrics : IDisposable
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets });
         _activeRequests = _meter.CreateUpDownCounter<long>(
             ActiveRequestsName, unit: "{request}",
-            description: "Classify requests in flight: decoding, queued or running.");
+            description: "Classify and ModelInfer requests in flight: decoding, queued or running.");
         _failedRequests = _meter.CreateCounter<long>(
             FailedRequestsName, unit: "{request}",
             description: "Requests answered with a status other than OK, by method and status.");
@@ -171,6 +171,13 @@ public sealed class XRayMetrics : IDisposable
     private IEnumerable<Measurement<long>> ObserveNativeMemory() =>
         _nativeMemory?.Invoke().Select(m => new Measurement<long>(m.Bytes, new KeyValuePair<string, object?>(MemoryStateTag, m.State))) ?? [];
 
+    /// <summary>Cumulative counts of the served model (the Open Inference Protocol's ModelStatistics).</summary>
+    public ServingStatistics Statistics { get; } = new();
+
+    // The methods that classify: their outcomes and durations count in Statistics.
+    private static readonly HashSet<string> ClassifyingMethods =
+        [ClassifierMethods.Classify, ClassifierMethods.ClassifyStream, InferenceMethods.ModelInfer, InferenceMethods.ModelStreamInfer];
+
     /// <summary>Hook the batcher calls for every executed batch.</summary>
     public BatcherObserver BatcherObserver { get; }
 
@@ -183,6 +190,7 @@ public sealed class XRayMetrics : IDisposable
             _replacedModels = [.. _replacedModels.Append(ModelInfoTags(previous)).DistinctBy(Describe).Where(tags => Describe(tags) != Describe(served))];
         }
         _model = model;
+        Statistics.Reset();
         foreach (string reason in RejectionReasons.All)
         {
             _rejectedRequests.Add(0, new KeyValuePair<string, object?>(ReasonTag, reason));
@@ -191,7 +199,7 @@ public sealed class XRayMetrics : IDisposable
         {
             _memoryReleases.Add(0, new KeyValuePair<string, object?>(MemoryReleaseReasonTag, reason));
         }
-        foreach (string method in new[] { ClassifierMethods.Classify, ClassifierMethods.ClassifyStream })
+        foreach (string method in new[] { ClassifierMethods.Classify, ClassifierMethods.ClassifyStream, InferenceMethods.ModelInfer, InferenceMethods.ModelStreamInfer })
         {
             foreach (StatusCode status in FailureStatuses)
             {
@@ -237,6 +245,10 @@ public sealed class XRayMetrics : IDisposable
         {
             _failedRequests.Add(1, methodTag, statusTag);
         }
+        if (ClassifyingMethods.Contains(method))
+        {
+            Statistics.RequestCompleted(status == StatusCode.OK, startTimestamp);
+        }
     }
 
     /// <summary>A request was turned away uncomputed; <paramref name="reason"/> is one of <see cref="RejectionReasons"/>.</summary>
@@ -244,7 +256,11 @@ public sealed class XRayMetrics : IDisposable
         _rejectedRequests.Add(1, new KeyValuePair<string, object?>(ReasonTag, reason));
 
     /// <summary>How long a successful request waited in the queue.</summary>
-    public void RequestQueued(TimeSpan timeInQueue) => _requestTimeInQueue.Record(timeInQueue.TotalSeconds);
+    public void RequestQueued(TimeSpan timeInQueue)
+    {
+        _requestTimeInQueue.Record(timeInQueue.TotalSeconds);
+        Statistics.RequestQueued(timeInQueue);
+    }
 
     private void BatchCompleted(int batchSize, TimeSpan duration, Exception? error)
     {
@@ -259,6 +275,7 @@ public sealed class XRayMetrics : IDisposable
         if (error is null)
         {
             _imagesClassified.Add(batchSize);
+            Statistics.BatchSucceeded(batchSize, duration);
         }
     }
 

@@ -1,0 +1,230 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using Google.Protobuf;
+using Grpc.Core;
+using XRay.Contracts.Inference;
+using XRay.Contracts.V1;
+
+namespace XRay.Client;
+
+/// <summary>
+/// Requests and responses of the server's Open Inference Protocol (KServe v2) API, <c>inference.GRPCInferenceService</c>:
+/// the model's one input <c>images</c> (FP32 or UINT8 <c>[N,C,224,224]</c>, or BYTES <c>[N]</c> holding PNG/JPEG) and its
+/// outputs <c>logits</c> and <c>probabilities</c> (<c>[N,classes]</c> FP32), all data as raw little-endian bytes.
+/// </summary>
+public static class OpenInference
+{
+    public const string InputName = "images";
+    public const string LogitsOutput = "logits";
+    public const string ProbabilitiesOutput = "probabilities";
+
+    /// <summary>PNG or JPEG bytes, one image each, as one BYTES input (each element a 4-byte little-endian length and the bytes).</summary>
+    public static ModelInferRequest Encoded(string modelName, IReadOnlyList<ReadOnlyMemory<byte>> images, string id = "")
+    {
+        int length = images.Sum(image => sizeof(uint) + image.Length);
+        var raw = new byte[length];
+        int offset = 0;
+        foreach (ReadOnlyMemory<byte> image in images)
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(raw.AsSpan(offset), (uint)image.Length);
+            image.Span.CopyTo(raw.AsSpan(offset + sizeof(uint)));
+            offset += sizeof(uint) + image.Length;
+        }
+        return Request(modelName, id, "BYTES", [images.Count], UnsafeByteOperations.UnsafeWrap(raw));
+    }
+
+    /// <summary>Normalised float32 pixels, shape [N,C,H,W].</summary>
+    public static ModelInferRequest Float32(string modelName, ReadOnlySpan<float> data, long[] shape, string id = "") =>
+        Request(modelName, id, "FP32", shape, ByteString.CopyFrom(MemoryMarshal.AsBytes(data)));
+
+    /// <summary>0..255 pixels, shape [N,C,H,W]; the server normalises them.</summary>
+    public static ModelInferRequest UInt8(string modelName, ReadOnlySpan<byte> data, long[] shape, string id = "") =>
+        Request(modelName, id, "UINT8", shape, ByteString.CopyFrom(data));
+
+    /// <summary>The same images as an xray.v1 request (a [C,H,W] tensor becomes [1,C,H,W]); its data is shared, not copied.</summary>
+    public static ModelInferRequest From(ClassifyRequest request, string modelName)
+    {
+        switch (request.InputCase)
+        {
+            case ClassifyRequest.InputOneofCase.Tensor:
+                Tensor tensor = request.Tensor;
+                long[] shape = tensor.Shape.Count == 3 ? [1, .. tensor.Shape] : [.. tensor.Shape];
+                string datatype = tensor.Dtype == Contracts.V1.DataType.Float32 ? "FP32" : "UINT8";
+                return Request(modelName, request.RequestId, datatype, shape, tensor.Data);
+            case ClassifyRequest.InputOneofCase.Encoded:
+                return Encoded(modelName, request.Encoded.Images.Select(image => image.Memory).ToArray(), request.RequestId);
+            default:
+                throw new ArgumentException("The request has no input.", nameof(request));
+        }
+    }
+
+    /// <summary>An output's values, row-major [N,classes], from raw_output_contents or contents.</summary>
+    public static float[] Output(ModelInferResponse response, string name)
+    {
+        for (int i = 0; i < response.Outputs.Count; i++)
+        {
+            ModelInferResponse.Types.InferOutputTensor output = response.Outputs[i];
+            if (output.Name != name) continue;
+            if (response.RawOutputContents.Count > i)
+            {
+                return MemoryMarshal.Cast<byte, float>(response.RawOutputContents[i].Span).ToArray();
+            }
+            return output.Contents?.Fp32Contents.ToArray() ?? [];
+        }
+        throw new KeyNotFoundException($"The response has no output '{name}'.");
+    }
+
+    /// <summary>The response as xray.v1 reports it: one prediction per image with its logits and probabilities (no findings).</summary>
+    public static ClassifyResponse ToClassifyResponse(ModelInferResponse response)
+    {
+        float[] logits = Output(response, LogitsOutput);
+        float[] probabilities = Output(response, ProbabilitiesOutput);
+        var shape = response.Outputs.First(output => output.Name == LogitsOutput).Shape;
+        int rows = (int)shape[0], classes = (int)shape[1];
+        var classified = new ClassifyResponse { RequestId = response.Id, ModelName = response.ModelName, ModelVersion = response.ModelVersion };
+        var timing = new Timing
+        {
+            QueueUs = Parameter(response, "queue_us"),
+            ComputeUs = Parameter(response, "compute_us"),
+            BatchSize = (int)Parameter(response, "batch_size"),
+        };
+        for (int i = 0; i < rows; i++)
+        {
+            var prediction = new Prediction { Timing = timing };
+            prediction.Logits.Add(logits.AsSpan(i * classes, classes).ToArray());
+            prediction.Probabilities.Add(probabilities.AsSpan(i * classes, classes).ToArray());
+            classified.Predictions.Add(prediction);
+        }
+        return classified;
+    }
+
+    /// <summary>
+    /// The status of a ModelStreamInfer error_message, which the server writes as <c>STATUS_NAME: detail</c>
+    /// (UNKNOWN when it names no status).
+    /// </summary>
+    public static Status StatusOf(string errorMessage)
+    {
+        int colon = errorMessage.IndexOf(": ", StringComparison.Ordinal);
+        if (colon > 0 && Enum.TryParse(errorMessage[..colon].Replace("_", "", StringComparison.Ordinal), ignoreCase: true, out StatusCode code))
+        {
+            return new Status(code, errorMessage[(colon + 2)..]);
+        }
+        return new Status(StatusCode.Unknown, errorMessage);
+    }
+
+    private static long Parameter(ModelInferResponse response, string name) =>
+        response.Parameters.TryGetValue(name, out InferParameter? value) ? value.Int64Param : 0;
+
+    private static ModelInferRequest Request(string modelName, string id, string datatype, long[] shape, ByteString data)
+    {
+        if (!BitConverter.IsLittleEndian)
+        {
+            throw new PlatformNotSupportedException("The tensor wire format is little-endian.");
+        }
+        return new ModelInferRequest
+        {
+            ModelName = modelName,
+            Id = id,
+            Inputs = { new ModelInferRequest.Types.InferInputTensor { Name = InputName, Datatype = datatype, Shape = { shape } } },
+            RawInputContents = { data },
+        };
+    }
+}
+
+/// <summary>
+/// One ModelStreamInfer call with many requests in flight: each <see cref="InferAsync"/> completes when the response
+/// with its id arrives (in any order); a request's error_message becomes an <see cref="RpcException"/>.
+/// </summary>
+public sealed class InferenceStreamSession : IAsyncDisposable
+{
+    private readonly AsyncDuplexStreamingCall<ModelInferRequest, ModelStreamInferResponse> _call;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, TaskCompletionSource<ModelInferResponse>> _pending = new();
+    private readonly SemaphoreSlim _writeLock = new(1, 1);
+    private readonly Task _reader;
+    private long _nextId;
+
+    internal InferenceStreamSession(AsyncDuplexStreamingCall<ModelInferRequest, ModelStreamInferResponse> call)
+    {
+        _call = call;
+        _reader = ReadAllAsync();
+    }
+
+    /// <summary>Sends a request (an id is assigned if empty).</summary>
+    public async Task<ModelInferResponse> InferAsync(ModelInferRequest request, CancellationToken cancellationToken = default)
+    {
+        if (string.IsNullOrEmpty(request.Id))
+        {
+            request.Id = $"s{Interlocked.Increment(ref _nextId)}";
+        }
+        var completion = new TaskCompletionSource<ModelInferResponse>(TaskCreationOptions.RunContinuationsAsynchronously);
+        if (!_pending.TryAdd(request.Id, completion))
+        {
+            throw new ArgumentException($"id '{request.Id}' is already in flight on this stream.", nameof(request));
+        }
+        await _writeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await _call.RequestStream.WriteAsync(request, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            _pending.TryRemove(request.Id, out _);
+            throw;
+        }
+        finally
+        {
+            _writeLock.Release();
+        }
+        return await completion.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    private async Task ReadAllAsync()
+    {
+        Exception? failure = null;
+        try
+        {
+            await foreach (ModelStreamInferResponse response in _call.ResponseStream.ReadAllAsync().ConfigureAwait(false))
+            {
+                if (response.InferResponse is not { } answer || !_pending.TryRemove(answer.Id, out var completion)) continue;
+                if (response.ErrorMessage.Length > 0)
+                {
+                    completion.TrySetException(new RpcException(OpenInference.StatusOf(response.ErrorMessage)));
+                }
+                else
+                {
+                    completion.TrySetResult(answer);
+                }
+            }
+        }
+        catch (Exception ex)
+        {
+            failure = ex;
+        }
+        failure ??= new RpcException(new Status(StatusCode.Unavailable, "The stream ended before this request was answered."));
+        foreach (var id in _pending.Keys)
+        {
+            if (_pending.TryRemove(id, out var completion)) completion.TrySetException(failure);
+        }
+    }
+
+    /// <summary>Half-closes the stream, waits for outstanding responses, and ends the call.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await _writeLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            await _call.RequestStream.CompleteAsync().ConfigureAwait(false);
+        }
+        catch (Exception)
+        {
+            // The call already ended; the reader has failed what was pending.
+        }
+        finally
+        {
+            _writeLock.Release();
+        }
+        await _reader.ConfigureAwait(false);
+        _call.Dispose();
+        _writeLock.Dispose();
+    }
+}
