@@ -99,7 +99,7 @@ public static class CalibrationFit
     {
         var reliability = Reliability(probabilities, labels, bins);
         var total = reliability.Sum(r => r.Count);
-        return total == 0 ? double.NaN : reliability.Sum(r => r.Count * Math.Abs(r.ObservedRate - r.MeanPredicted)) / total;
+        return total == 0 ? double.NaN : reliability.Where(r => r.Count > 0).Sum(r => r.Count * Math.Abs(r.ObservedRate - r.MeanPredicted)) / total;
     }
 
     /// <summary>Mean squared difference between probability and label (0 or 1). NaN without counted labels.</summary>
