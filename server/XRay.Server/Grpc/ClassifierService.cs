@@ -284,7 +284,7 @@ internal static class ModelInfoFactory
         info.Thresholds.Add(model.Thresholds);
         if (manifest.Calibration is not null)
         {
-            info.Calibration.Add(model.Probabilities.Classes.Select(k => new ProbabilityCalibration { Scale = k.Scale, Offset = k.Offset }));
+            info.Calibration.Add(model.Probabilities.Classes.Select(k => new ClassCalibration { Scale = k.Scale, Offset = k.Offset }));
         }
         if (manifest.OperatingPoints is { } points)
         {
