@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Spectre.Console;
 using XRay.Client;
 using XRay.Contracts.V1;
 
@@ -15,12 +16,13 @@ internal static class CliApp
     public const string DefaultServer = "http://127.0.0.1:5051";
     public const string DefaultAdmin = "http://127.0.0.1:5052";
 
-    public static Task<int> RunAsync(string[] args, TextWriter output, TextWriter error)
+    /// <param name="interactive">Show progress on stderr when it is a terminal (false in tests).</param>
+    public static Task<int> RunAsync(string[] args, TextWriter output, TextWriter error, bool interactive = false)
     {
         var server = new Option<string>("--server", "-s")
         {
-            Description = "Server address (http://host:port); several, comma-separated, are called round-robin.",
-            DefaultValueFactory = _ => Environment.GetEnvironmentVariable("XRAY_SERVER") ?? DefaultServer,
+            Description = "Server address: host:port, http://host:port, https://host:port or dns:///host:port; several, comma-separated, are called round-robin. Default: $XRAY_SERVER or " + DefaultServer + ".",
+            DefaultValueFactory = _ => Environment.GetEnvironmentVariable("XRAY_SERVER") is { Length: > 0 } value ? value : DefaultServer,
             Recursive = true,
         };
         var timeout = new Option<double>("--timeout")
@@ -29,34 +31,37 @@ internal static class CliApp
             DefaultValueFactory = _ => 30,
             Recursive = true,
         };
+        ToolCommandLine.MustBePositive(timeout, "seconds");
         var json = new Option<bool>("--json") { Description = "Print JSON instead of a table.", Recursive = true };
         var credentials = new CredentialOptions();
 
-        var files = new Argument<FileInfo[]>("files") { Description = "PNG or JPEG chest X-rays.", Arity = ArgumentArity.OneOrMore };
-        var classify = new Command("classify", "Classify image files (PNG or JPEG) and print the findings.") { files };
-        classify.SetAction((result, ct) => Run(result, server, timeout, credentials, error, client =>
-            ClassifyAsync(client, result.GetValue(files)!, result.GetValue(json), output, error, ct)));
+        var files = new Argument<string[]>("paths") { Description = "PNG or JPEG chest X-rays, or folders of them (searched recursively).", Arity = ArgumentArity.OneOrMore };
+        var classify = new Command("classify", "Classify image files (PNG or JPEG) and folders of them; print the findings per file.") { files };
+        classify.SetAction((result, ct) => ClassifyCommandAsync(result, server, timeout, credentials, result.GetValue(files)!, result.GetValue(json),
+            output, error, interactive, ct));
 
         var info = new Command("info", "Show the served model: classes, thresholds, inputs, batching.");
         info.SetAction((result, ct) => Run(result, server, timeout, credentials, error, async client =>
         {
             ModelInfo model = await client.GetModelInfoAsync(ct);
             output.WriteLine(result.GetValue(json) ? JsonFormatter.Default.Format(model) : Describe(model));
-            return 0;
+            return ExitCodes.Ok;
         }));
 
-        var health = new Command("health", "Check the server's gRPC health (exit 0 when SERVING).");
+        var health = new Command("health", "Check the server's gRPC health (exit 0 when SERVING, 7 when not).");
         health.SetAction((result, ct) => Run(result, server, timeout, credentials, error, async client =>
         {
             var status = await client.CheckHealthAsync(cancellationToken: ct);
-            output.WriteLine(status.ToString().ToUpperInvariant());
-            return status == Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.Serving ? 0 : 1;
+            // As grpc.health.v1 spells it: SERVING, NOT_SERVING, SERVICE_UNKNOWN.
+            string name = string.Concat(status.ToString().Select((c, i) => i > 0 && char.IsUpper(c) ? $"_{c}" : $"{char.ToUpperInvariant(c)}"));
+            output.WriteLine(result.GetValue(json) ? new JsonObject { ["status"] = name }.ToJsonString() : name);
+            return status == Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.Serving ? ExitCodes.Ok : ExitCodes.NotServing;
         }));
 
         var admin = new Option<string>("--admin")
         {
-            Description = "The server's Admin endpoint (Kestrel:Endpoints:Admin, e.g. http://127.0.0.1:5052).",
-            DefaultValueFactory = _ => Environment.GetEnvironmentVariable("XRAY_ADMIN") ?? DefaultAdmin,
+            Description = "The server's Admin endpoint (Kestrel:Endpoints:Admin, e.g. 127.0.0.1:5052). Default: $XRAY_ADMIN or " + DefaultAdmin + ".",
+            DefaultValueFactory = _ => Environment.GetEnvironmentVariable("XRAY_ADMIN") is { Length: > 0 } value ? value : DefaultAdmin,
         };
         var checkpoint = new Argument<string>("checkpoint") { Description = "Checkpoint folder as the server sees it; \"\" for the built-in default model." };
         var loadModel = new Command("load-model", "Load a checkpoint on the server and serve it in place of the current model, without dropping a request.")
@@ -66,7 +71,7 @@ internal static class CliApp
         loadModel.SetAction((result, ct) => LoadModelAsync(result.GetValue(admin)!, result.GetValue(checkpoint)!,
             TimeSpan.FromSeconds(Math.Max(result.GetValue(timeout), 300)), output, error, ct));
 
-        var root = new RootCommand("XRay Serving client: multi-label chest X-ray classification over gRPC.")
+        var root = new RootCommand("XRay Serving client: multi-label chest X-ray classification over gRPC. Exit codes: README, \"Exit codes\".")
         {
             server, timeout, json, classify, info, health, loadModel,
         };
@@ -74,10 +79,10 @@ internal static class CliApp
         {
             root.Options.Add(option);
         }
-        var configuration = new InvocationConfiguration { Output = output, Error = error };
-        return root.Parse(args).InvokeAsync(configuration);
+        return ToolCommandLine.InvokeAsync(root, "xray", args, output, error);
     }
 
+    /// <summary>Builds the client and runs <paramref name="action"/>; the user's mistakes and the server's refusals become one line and an exit code.</summary>
     private static async Task<int> Run(ParseResult result, Option<string> server, Option<double> timeout, CredentialOptions credentials, TextWriter error,
         Func<XRayClassifierClient, Task<int>> action)
     {
@@ -92,35 +97,10 @@ internal static class CliApp
             }));
             return await action(client);
         }
-        catch (RpcException ex) when (ex.StatusCode is StatusCode.Unauthenticated or StatusCode.PermissionDenied)
+        catch (Exception ex) when (ToolCommandLine.Describe(ex, address) is { } described)
         {
-            error.WriteLine($"error: the server refused the credentials ({ex.StatusCode}): {ex.Status.Detail}");
-            return 5;
-        }
-        catch (RpcException ex) when (ex.StatusCode == StatusCode.Unavailable)
-        {
-            error.WriteLine($"error: cannot reach an XRay server at {address}: {ex.Status.Detail}");
-            return 3;
-        }
-        catch (RpcException ex)
-        {
-            error.WriteLine($"error: the server answered {ex.StatusCode}: {ex.Status.Detail}");
-            return 4;
-        }
-        catch (Exception ex) when (ex is UriFormatException or ArgumentException)
-        {
-            error.WriteLine($"error: '{address}' is not a server address ({ex.Message}); use http://host:port");
-            return 2;
-        }
-        catch (FileNotFoundException ex)
-        {
-            error.WriteLine($"error: {ex.Message}");
-            return 2;
-        }
-        catch (System.Security.Cryptography.CryptographicException ex)
-        {
-            error.WriteLine($"error: cannot read the certificate or key: {ex.Message}");
-            return 2;
+            error.WriteLine($"error: {described.Message}");
+            return described.Code;
         }
     }
 
@@ -130,81 +110,186 @@ internal static class CliApp
     {
         try
         {
-            using var channel = GrpcChannel.ForAddress(address);
+            using var channel = GrpcChannel.ForAddress(ServerAddress.Parse(address));
             var admin = new ModelAdmin.ModelAdminClient(channel);
             LoadModelResponse response = await admin.LoadModelAsync(new LoadModelRequest { Path = path },
                 deadline: DateTime.UtcNow + timeout, cancellationToken: cancellationToken);
             output.WriteLine($"serving {response.Model.Name} {response.Model.Version} (was {response.PreviousName} {response.PreviousVersion}); " +
                              $"loaded and warmed up in {response.LoadSeconds:F1} s");
-            return 0;
+            return ExitCodes.Ok;
         }
-        catch (RpcException ex) when (ex.StatusCode == StatusCode.Unavailable)
-        {
-            error.WriteLine($"error: cannot reach the Admin endpoint at {address}: {ex.Status.Detail}");
-            return 3;
-        }
-        catch (RpcException ex)
+        catch (RpcException ex) when (ex.StatusCode is StatusCode.FailedPrecondition or StatusCode.Aborted or StatusCode.InvalidArgument)
         {
             error.WriteLine($"error: the model was not loaded ({ex.StatusCode}): {ex.Status.Detail}");
-            return 4;
+            return ExitCodes.Refused;
         }
-        catch (UriFormatException ex)
+        catch (RpcException ex) when (ex.StatusCode == StatusCode.Unavailable && !ToolCommandLine.SpeaksHttp1(ex))
         {
-            error.WriteLine($"error: '{address}' is not an address ({ex.Message}); use http://host:port");
-            return 2;
+            error.WriteLine($"error: cannot reach the Admin endpoint at {address}: {ex.Status.Detail}");
+            return ExitCodes.Unreachable;
+        }
+        catch (Exception ex) when (ToolCommandLine.Describe(ex, address) is { } described)
+        {
+            error.WriteLine($"error: {described.Message}");
+            return described.Code;
         }
     }
 
-    private static async Task<int> ClassifyAsync(XRayClassifierClient client, FileInfo[] files, bool asJson,
-        TextWriter output, TextWriter error, CancellationToken cancellationToken)
+    private static async Task<int> ClassifyCommandAsync(ParseResult result, Option<string> server, Option<double> timeout, CredentialOptions credentials,
+        string[] paths, bool asJson, TextWriter output, TextWriter error, bool interactive, CancellationToken cancellationToken)
     {
-        FileInfo? missing = files.FirstOrDefault(file => !file.Exists);
-        if (missing is not null)
+        IReadOnlyList<ImageInput> inputs = ImageInput.Expand(paths);
+        if (inputs.All(input => input.Error is not null))
         {
-            error.WriteLine($"error: no such file: {missing.FullName}");
-            return 2;
+            // Nothing to send: say so without calling the server.
+            return Report(inputs, [], null, asJson, output, error);
         }
-
-        ModelInfo model = await client.GetModelInfoAsync(cancellationToken);
-        ClassifyResponse response = await client.ClassifyFilesAsync(files.Select(file => file.FullName), cancellationToken);
-        if (asJson)
+        return await Run(result, server, timeout, credentials, error, async client =>
         {
-            var array = new JsonArray();
-            for (int i = 0; i < files.Length; i++)
+            ModelInfo model = await client.GetModelInfoAsync(cancellationToken);
+            var outcomes = new FileOutcome?[inputs.Count];
+            bool progress = interactive && inputs.Count > 1 && !Console.IsErrorRedirected;
+            if (progress)
             {
-                array.Add(ToJson(files[i].Name, response.Predictions[i], model));
+                IAnsiConsole console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+                await console.Progress().AutoClear(true).StartAsync(async context =>
+                {
+                    ProgressTask task = context.AddTask("classifying", maxValue: inputs.Count);
+                    await ClassifyEachAsync(client, inputs, outcomes, () => task.Increment(1), cancellationToken);
+                });
             }
-            output.WriteLine(array.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            return 0;
-        }
-
-        for (int i = 0; i < files.Length; i++)
-        {
-            Prediction prediction = response.Predictions[i];
-            string findings = prediction.Warnings.Count > 0 ? "findings withheld"
-                : prediction.Findings.Count == 0 ? "none above threshold" : string.Join(", ", prediction.Findings.Select(f => f.Name));
-            output.WriteLine($"{files[i].Name}: {findings}");
-            foreach (string warning in prediction.Warnings)
+            else
             {
-                output.WriteLine($"  warning: {warning}");
+                await ClassifyEachAsync(client, inputs, outcomes, () => { }, cancellationToken);
             }
-            output.WriteLine($"  {"finding",-20} {"probability",11} {"threshold",9}");
-            foreach (int c in Enumerable.Range(0, model.ClassNames.Count).OrderByDescending(c => prediction.Probabilities[c]))
-            {
-                string mark = prediction.Warnings.Count == 0 && prediction.Probabilities[c] >= model.Thresholds[c] ? " *" : "";
-                output.WriteLine($"  {model.ClassNames[c],-20} {prediction.Probabilities[c],11:F4} {model.Thresholds[c],9:F2}{mark}");
-            }
-            output.WriteLine($"  (batch of {prediction.Timing.BatchSize}, queued {prediction.Timing.QueueUs} us, compute {prediction.Timing.ComputeUs} us)");
-        }
-        output.WriteLine($"model {response.ModelName} {response.ModelVersion}; * = at or above threshold");
-        if (ClinicalNotice(model.Description) is { } notice)
-        {
-            output.WriteLine(notice);
-        }
-        return 0;
+            return Report(inputs, outcomes, model, asJson, output, error);
+        });
     }
 
-    private static JsonObject ToJson(string file, Prediction prediction, ModelInfo model)
+    /// <summary>Files in flight at once: enough to fill a batch or two on the server, few enough for a folder of thousands.</summary>
+    internal const int FilesInFlight = 16;
+
+    /// <summary>One request per file, <see cref="FilesInFlight"/> at once (the server batches them); a file the server refuses does not stop the others.</summary>
+    private static Task ClassifyEachAsync(XRayClassifierClient client, IReadOnlyList<ImageInput> inputs, FileOutcome?[] outcomes, Action done,
+        CancellationToken cancellationToken) =>
+        Parallel.ForEachAsync(Enumerable.Range(0, inputs.Count), new ParallelOptions { MaxDegreeOfParallelism = FilesInFlight, CancellationToken = cancellationToken },
+            async (i, ct) =>
+            {
+                if (inputs[i].Error is null)
+                {
+                    outcomes[i] = await ClassifyOneAsync(client, inputs[i].Path, ct);
+                }
+                done();
+            });
+
+    private static async Task<FileOutcome> ClassifyOneAsync(XRayClassifierClient client, string path, CancellationToken cancellationToken)
+    {
+        byte[] bytes;
+        try
+        {
+            bytes = await File.ReadAllBytesAsync(path, cancellationToken);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return new FileOutcome(null, $"cannot read it: {ex.Message}", NotFound: true);
+        }
+        if (!ImageInput.LooksLikePngOrJpeg(bytes))
+        {
+            return new FileOutcome(null, "not a PNG or JPEG image", NotFound: false);
+        }
+        try
+        {
+            ClassifyResponse response = await client.ClassifyEncodedAsync([bytes], cancellationToken);
+            return new FileOutcome(response, null, NotFound: false);
+        }
+        catch (RpcException ex) when (ex.StatusCode == StatusCode.Unavailable && !ToolCommandLine.SpeaksHttp1(ex))
+        {
+            // The server went away (or is draining) mid-run: the files answered so far are still printed.
+            return new FileOutcome(null, $"the server was unavailable: {ex.Status.Detail}", NotFound: false, Unreachable: true);
+        }
+        catch (RpcException ex) when (ex.StatusCode is not (StatusCode.Unauthenticated or StatusCode.PermissionDenied or StatusCode.Cancelled)
+                                      && !ToolCommandLine.SpeaksHttp1(ex))
+        {
+            // About this file (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED ...); refused credentials end the run.
+            // One image per request: the server's "encoded.images[0]: " names nothing the user knows.
+            string detail = ex.Status.Detail.StartsWith("encoded.images[0]: ", StringComparison.Ordinal) ? ex.Status.Detail["encoded.images[0]: ".Length..] : ex.Status.Detail;
+            return new FileOutcome(null, $"the server refused it ({ex.StatusCode}): {detail}", NotFound: false);
+        }
+    }
+
+    /// <summary>Results on stdout and errors on stderr, both named by path, in the order given; JSON puts both on stdout.</summary>
+    private static int Report(IReadOnlyList<ImageInput> inputs, IReadOnlyList<FileOutcome?> outcomes, ModelInfo? model, bool asJson,
+        TextWriter output, TextWriter error)
+    {
+        int failed = 0, notFound = 0, unreachable = 0;
+        var array = new JsonArray();
+        string? served = null;
+        for (int i = 0; i < inputs.Count; i++)
+        {
+            FileOutcome outcome = inputs[i].Error is { } inputError
+                ? new FileOutcome(null, inputError, NotFound: true)
+                : outcomes[i] ?? new FileOutcome(null, "not classified", NotFound: false);
+            string path = inputs[i].Path;
+            if (outcome.Error is not null)
+            {
+                failed++;
+                if (outcome.NotFound) notFound++;
+                if (outcome.Unreachable) unreachable++;
+                if (asJson) array.Add(new JsonObject { ["path"] = path, ["error"] = outcome.Error });
+                else error.WriteLine($"error: {path}: {outcome.Error}");
+                continue;
+            }
+            Prediction prediction = outcome.Response!.Predictions[0];
+            served = $"{outcome.Response.ModelName} {outcome.Response.ModelVersion}";
+            if (asJson)
+            {
+                array.Add(new JsonObject { ["path"] = path, ["result"] = ToJson(prediction, model!, served) });
+                continue;
+            }
+            WriteTable(output, path, prediction, model!);
+        }
+
+        if (asJson) output.WriteLine(array.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        else if (served is not null)
+        {
+            output.WriteLine($"model {served}; * = at or above threshold");
+            if (ClinicalNotice(model!.Description) is { } notice)
+            {
+                output.WriteLine(notice);
+            }
+        }
+        if (failed > 0 && inputs.Count > 1) error.WriteLine($"{failed} of {inputs.Count} files failed");
+        return failed == 0 ? ExitCodes.Ok
+            : unreachable > 0 ? ExitCodes.Unreachable
+            : notFound == failed && failed == inputs.Count ? ExitCodes.NotFound
+            : ExitCodes.Refused;
+    }
+
+    private static void WriteTable(TextWriter output, string path, Prediction prediction, ModelInfo model)
+    {
+        string findings = prediction.Warnings.Count > 0 ? "findings withheld"
+            : prediction.Findings.Count == 0 ? "none above threshold" : string.Join(", ", prediction.Findings.Select(f => f.Name));
+        output.WriteLine($"{path}: {findings}");
+        foreach (string warning in prediction.Warnings)
+        {
+            output.WriteLine($"  warning: {warning}");
+        }
+        output.WriteLine($"  {"finding",-20} {"probability",11} {"threshold",9}");
+        foreach (int c in Enumerable.Range(0, model.ClassNames.Count).OrderByDescending(c => prediction.Probabilities[c]))
+        {
+            string mark = prediction.Warnings.Count == 0 && prediction.Probabilities[c] >= model.Thresholds[c] ? " *" : "";
+            output.WriteLine($"  {model.ClassNames[c],-20} {prediction.Probabilities[c],11:F4} {model.Thresholds[c],9:F2}{mark}");
+        }
+        output.WriteLine($"  (batch of {prediction.Timing.BatchSize}, queued {prediction.Timing.QueueUs} us, compute {prediction.Timing.ComputeUs} us)");
+    }
+
+    /// <summary>
+    /// A file's answer, or why it has none: <paramref name="NotFound"/> (missing or unreadable), <paramref name="Unreachable"/>
+    /// (the server could not be reached for it), else refused.
+    /// </summary>
+    private sealed record FileOutcome(ClassifyResponse? Response, string? Error, bool NotFound, bool Unreachable = false);
+
+    private static JsonObject ToJson(Prediction prediction, ModelInfo model, string served)
     {
         var probabilities = new JsonObject();
         for (int c = 0; c < model.ClassNames.Count; c++)
@@ -213,11 +298,11 @@ internal static class CliApp
         }
         return new JsonObject
         {
-            ["file"] = file,
             ["findings"] = new JsonArray(prediction.Findings.Select(f => (JsonNode)f.Name).ToArray()),
             ["warnings"] = new JsonArray(prediction.Warnings.Select(w => (JsonNode)w).ToArray()),
             ["probabilities"] = probabilities,
             ["batchSize"] = prediction.Timing.BatchSize,
+            ["model"] = served,
         };
     }
 

@@ -1,1 +1,1 @@
-return await XRay.Cli.CliApp.RunAsync(args, Console.Out, Console.Error);
+return await XRay.Cli.CliApp.RunAsync(args, Console.Out, Console.Error, interactive: true);

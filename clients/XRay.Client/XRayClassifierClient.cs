@@ -21,25 +21,25 @@ public sealed class XRayClassifierClient : IDisposable
     private readonly GrpcChannel _channel;
     private readonly XRayClientOptions _options;
 
-    /// <param name="address">The server, <c>http://host:port</c> (or <c>https://</c>).</param>
+    /// <param name="address">The server: <c>host:port</c>, <c>http://host:port</c>, <c>https://host:port</c> or <c>dns:///host:port</c> (<see cref="ServerAddress"/>).</param>
     public XRayClassifierClient(string address, XRayClientOptions? options = null)
         : this([address], options)
     {
     }
 
     /// <param name="addresses">
-    /// One or more servers, <c>http://host:port</c>, all with the same scheme, or one <c>dns:///host:port</c> whose
+    /// One or more servers, <c>host:port</c> or <c>http://host:port</c>, all with the same scheme, or one <c>dns:///host:port</c> whose
     /// every address is a server. With more than one server, each call goes to the next ready one in turn; a retried
     /// call goes to another.
     /// </param>
     /// <exception cref="ArgumentException">No address, addresses with different schemes, or a dns: address among others.</exception>
-    /// <exception cref="UriFormatException">An address is not an absolute URI.</exception>
+    /// <exception cref="FormatException">An address is not one of the forms <see cref="ServerAddress"/> takes.</exception>
     public XRayClassifierClient(IReadOnlyList<string> addresses, XRayClientOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(addresses);
         if (addresses.Count == 0) throw new ArgumentException("At least one server address is needed.", nameof(addresses));
         _options = options ?? new XRayClientOptions();
-        Uri[] uris = addresses.Select(address => new Uri(address, UriKind.Absolute)).ToArray();
+        Uri[] uris = addresses.Select(ServerAddress.Parse).ToArray();
         if (uris.Select(uri => uri.Scheme).Distinct().Count() > 1)
         {
             throw new ArgumentException($"All addresses must use the same scheme: {string.Join(", ", addresses)}.", nameof(addresses));
@@ -75,7 +75,7 @@ public sealed class XRayClassifierClient : IDisposable
         _channel = dns || uris.Length == 1
             ? GrpcChannel.ForAddress(uris[0], channelOptions)
             : GrpcChannel.ForAddress("static:///xray", channelOptions);
-        Addresses = Array.AsReadOnly(addresses.ToArray());
+        Addresses = Array.AsReadOnly(uris.Select(uri => uri.ToString().TrimEnd('/')).ToArray());
         Classifier = new Classifier.ClassifierClient(_channel);
         Health = new Health.HealthClient(_channel);
     }

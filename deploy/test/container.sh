@@ -111,9 +111,9 @@ classifies() {
   xray --json classify "$xray_image" >"$work/classify.json" || return 1
   /usr/bin/python3 - "$work/classify.json" <<'EOF'
 import json, sys
-result = json.load(open(sys.argv[1]))[0]
-p = result["probabilities"]
-print(f"{result['file']}: {len(p)} findings, top {max(p, key=p.get)} {max(p.values()):.3f}")
+entry = json.load(open(sys.argv[1]))[0]
+p = entry["result"]["probabilities"]
+print(f"{entry['path']}: {len(p)} findings, top {max(p, key=p.get)} {max(p.values()):.3f}")
 assert len(p) >= 2 and all(0.0 <= v <= 1.0 for v in p.values())
 EOF
 }
@@ -168,6 +168,7 @@ check "Grafana provisioning matches deploy/compose.yaml (data source, dashboard 
 
 # --- SIGTERM while requests are in flight: every one completes, the server exits 0.
 step "SIGTERM with requests in flight"
+# 16 files a client: xray classify sends one request per file, 16 at once, so each client's images are all in flight together.
 images=()
 for _ in $(seq 1 16); do images+=("$xray_image"); done
 clients=()

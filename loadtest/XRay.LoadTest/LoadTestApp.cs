@@ -23,7 +23,7 @@ public static class LoadTestApp
         var runOptions = new SharedOptions(concurrencyDefault: 8, durationDefault: 10, warmupDefault: 2);
         var run = new Command("run", "Apply one load level and report latency, throughput, errors, the server's batching and CPU use.");
         runOptions.AddTo(run, withTarget: true);
-        run.SetAction((result, ct) => Guard(error, () => RunCommandAsync(result, runOptions, args, output, error, interactive, ct)));
+        run.SetAction((result, ct) => Guard(error, string.Join(",", runOptions.Targets(result)), () => RunCommandAsync(result, runOptions, args, output, error, interactive, ct)));
 
         var levels = new Option<string>("--levels")
         {
@@ -39,7 +39,7 @@ public static class LoadTestApp
         };
         var sweepOptions = new SharedOptions(concurrencyDefault: 8, durationDefault: 10, warmupDefault: 2);
         sweepOptions.AddTo(sweep, withTarget: true);
-        sweep.SetAction((result, ct) => Guard(error, () => SweepCommandAsync(result, sweepOptions, args, output, error, interactive,
+        sweep.SetAction((result, ct) => Guard(error, string.Join(",", sweepOptions.Targets(result)), () => SweepCommandAsync(result, sweepOptions, args, output, error, interactive,
             result.GetValue(levels)!, result.GetValue(sloPercentile), result.GetValue(sloMs), result.GetValue(maxErrorRate), ct)));
 
         var bench = BenchCommand(args, output, error, interactive);
@@ -47,14 +47,17 @@ public static class LoadTestApp
         var reportFile = new Argument<FileInfo>("report") { Description = "A report.json written by run, sweep or bench." };
         var renderOut = new Option<string>("--out", "-o") { Description = "Folder for report.md and the PNG plots.", Required = true };
         var render = new Command("render", "Re-render report.md and the PNG plots from a report.json.") { reportFile, renderOut };
-        render.SetAction((result, ct) => Guard(error, () =>
+        render.SetAction((result, ct) => Guard(error, "", () =>
         {
             LoadTestReport report = LoadTestReport.FromJson(File.ReadAllText(result.GetValue(reportFile)!.FullName));
             return Task.FromResult(Emit(report, result.GetValue(renderOut), output, new PlainPresenter(error), writeJson: false));
         }));
 
-        var root = new RootCommand("XRay Serving load tester: closed- and open-loop load, sweeps, and the batching benchmark.") { run, sweep, bench, render, TransportBench.StallCommand(output), TransportBench.ShutdownCommand(output) };
-        return root.Parse(args).InvokeAsync(new InvocationConfiguration { Output = output, Error = error });
+        var root = new RootCommand("XRay Serving load tester: closed- and open-loop load, sweeps, and the batching benchmark. Exit codes: README, \"Exit codes\".")
+        {
+            run, sweep, bench, render, TransportBench.StallCommand(output), TransportBench.ShutdownCommand(output),
+        };
+        return ToolCommandLine.InvokeAsync(root, "xray-loadtest", args, output, error);
     }
 
     private static (string Runtime, string Precision)[] ParseCompare(string? value) =>
@@ -89,7 +92,7 @@ public static class LoadTestApp
         };
         var o = new SharedOptions(concurrencyDefault: 32, durationDefault: 15, warmupDefault: 5);
         o.AddTo(bench, withTarget: false);
-        bench.SetAction((result, ct) => Guard(error, async () =>
+        bench.SetAction((result, ct) => Guard(error, "the server started", async () =>
         {
             LoadProfile profile = o.Profile(result);
             var options = new BenchOptions
@@ -211,9 +214,14 @@ public static class LoadTestApp
             IReadOnlyList<string> plots = PlotReport.Write(report, outDirectory);
             presenter.Log($"wrote {string.Join(", ", (writeJson ? new[] { "report.json" } : []).Append("report.md").Concat(plots.Select(Path.GetFileName!)))} in {outDirectory}");
         }
-        bool failed = report.Runs.Concat(new[] { report.Bench?.Unbatched?.Run, report.Bench?.Batched?.Run }.OfType<RunResult>())
-            .Any(run => run.Requests.Ok == 0);
-        return failed ? 1 : 0;
+        RunResult? failed = report.Runs.Concat(new[] { report.Bench?.Unbatched?.Run, report.Bench?.Batched?.Run }.OfType<RunResult>())
+            .FirstOrDefault(run => run.Requests.Ok == 0 && run.Requests.Sent > 0);
+        if (failed is not null)
+        {
+            presenter.Log($"error: no request of {failed.Label} succeeded ({string.Join(", ", failed.StatusCodes.Select(pair => $"{pair.Key} {pair.Value}"))})");
+            return ExitCodes.Refused;
+        }
+        return ExitCodes.Ok;
     }
 
     private static IRunPresenter Presenter(ParseResult result, SharedOptions o, TextWriter error, bool interactive) =>
@@ -222,32 +230,38 @@ public static class LoadTestApp
             ? new LivePresenter(AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) }))
             : new PlainPresenter(error);
 
-    /// <summary>Clear messages instead of stack traces for what a user can fix.</summary>
-    private static async Task<int> Guard(TextWriter error, Func<Task<int>> action)
+    /// <summary>One line and an exit code (README, "Exit codes") instead of a stack trace for what a user can fix.</summary>
+    private static async Task<int> Guard(TextWriter error, string target, Func<Task<int>> action)
     {
         try
         {
             return await action();
         }
-        catch (RpcException ex) when (ex.StatusCode == StatusCode.Unavailable)
-        {
-            error.WriteLine($"error: cannot reach the server: {ex.Status.Detail}");
-            return 3;
-        }
-        catch (RpcException ex)
-        {
-            error.WriteLine($"error: the server answered {ex.StatusCode}: {ex.Status.Detail}");
-            return 4;
-        }
-        catch (Exception ex) when (ex is ArgumentException or UriFormatException or FormatException or InvalidOperationException or IOException or InvalidDataException or System.Text.Json.JsonException)
-        {
-            error.WriteLine($"error: {ex.Message}");
-            return 2;
-        }
         catch (OperationCanceledException)
         {
             error.WriteLine("interrupted");
             return 130;
+        }
+        catch (Exception ex) when (ToolCommandLine.Describe(ex, target) is { } described)
+        {
+            error.WriteLine($"error: {described.Message}");
+            return described.Code;
+        }
+        catch (Exception ex) when (ex is InvalidDataException or System.Text.Json.JsonException)
+        {
+            error.WriteLine($"error: not a report written by xray-loadtest: {ex.Message}");
+            return ExitCodes.NotFound;
+        }
+        catch (IOException ex)
+        {
+            error.WriteLine($"error: {ex.Message}");
+            return ExitCodes.NotFound;
+        }
+        catch (InvalidOperationException ex)
+        {
+            // A server or xray-train this tool started failed: its message carries the child's last lines.
+            error.WriteLine($"error: {ex.Message}");
+            return ExitCodes.Internal;
         }
     }
 
@@ -274,7 +288,7 @@ public static class LoadTestApp
     {
         public readonly Option<string[]> Target = new("--target", "-t")
         {
-            Description = "Server address(es), http://host:port; several (repeat or comma-separate) are balanced round-robin. Default: $XRAY_SERVER or " + DefaultTarget + ".",
+            Description = "Server address(es): host:port, http://host:port, https://host:port or dns:///host:port; several (repeat or comma-separate) are balanced round-robin. Default: $XRAY_SERVER or " + DefaultTarget + ".",
             AllowMultipleArgumentsPerToken = true,
         };
         public readonly Option<string> Mode = new("--mode") { Description = "closed (fixed concurrency) or open (arrival rate).", DefaultValueFactory = _ => "closed" };
@@ -286,7 +300,7 @@ public static class LoadTestApp
         public readonly Option<double> Warmup = new("--warmup") { Description = "Seconds of unrecorded load first.", DefaultValueFactory = _ => warmupDefault };
         public readonly Option<int> Connections = new("--connections") { Description = "HTTP/2 connections to spread the load over.", DefaultValueFactory = _ => 1 };
         public readonly Option<string> Api = new("--api") { Description = "unary (Classify) or stream (ClassifyStream, one stream per connection).", DefaultValueFactory = _ => "unary" };
-        public readonly Option<double> Timeout = new("--timeout") { Description = "Deadline of each request, seconds.", DefaultValueFactory = _ => 30 };
+        public readonly Option<double> Timeout = PositiveSeconds(new("--timeout") { Description = "Deadline of each request, seconds.", DefaultValueFactory = _ => 30 });
         public readonly Option<int> MaxInFlight = new("--max-in-flight") { Description = "Open loop: outstanding requests at most; later arrivals are dropped and counted.", DefaultValueFactory = _ => 10_000 };
         public readonly Option<int> Seed = new("--seed") { Description = "Seed for Poisson arrivals and generated payloads.", DefaultValueFactory = _ => 1 };
         public readonly Option<string> PayloadKindOption = new("--payload") { Description = "float32 (normalised tensor), uint8 (0..255 tensor) or png (encoded image).", DefaultValueFactory = _ => "float32" };
@@ -296,6 +310,12 @@ public static class LoadTestApp
         public readonly Option<string?> Out = new("--out", "-o") { Description = "Folder for report.json, report.md and PNG plots." };
         public readonly Option<bool> NoProgress = new("--no-progress") { Description = "No live display; a line per run instead." };
         public readonly CredentialOptions Credentials = new();
+
+        private static Option<double> PositiveSeconds(Option<double> option)
+        {
+            ToolCommandLine.MustBePositive(option, "seconds");
+            return option;
+        }
 
         public void AddTo(Command command, bool withTarget)
         {

@@ -185,12 +185,18 @@ static class Scenarios
     {
         await using var server = await Server.StartAsync(o, ["--max-queue-size", o.MaxQueueSize.ToString(CultureInfo.InvariantCulture)]);
         using var pool = new ChannelPool(server.Address, 4);
-        double capacity = await MeasureCapacityAsync(pool, TimeSpan.FromSeconds(o.Seconds / 2), concurrency: o.MaxQueueSize);
+        // CPU seconds (server, this load generator) per answer: on a shared machine they vary less than throughput.
+        await RunClosedAsync(pool, TimeSpan.FromSeconds(3), o.MaxQueueSize);
+        double cpuStart = server.CpuSeconds();
+        var capacityRun = await RunClosedAsync(pool, TimeSpan.FromSeconds(o.Seconds / 2), o.MaxQueueSize);
+        double capacity = capacityRun.Ok / (o.Seconds / 2);
+        double cpuPerOk = (server.CpuSeconds() - cpuStart) / Math.Max(1, capacityRun.Ok);
         double rate = capacity * o.Factor;
         Console.WriteLine($"overload: capacity {capacity:F1} img/s (closed loop, {o.MaxQueueSize} callers); open loop at {rate:F1} req/s ({o.Factor}x) for {o.Seconds} s, MaxQueueSize={o.MaxQueueSize}");
         var outcomes = new Outcomes();
         var duration = TimeSpan.FromSeconds(o.Seconds);
         var calls = new List<Task>();
+        double cpuOverload = server.CpuSeconds(), ownOverload = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
         var clock = Stopwatch.StartNew();
         // Goodput counts answers from the first quarter (the queue has filled by then) to the last arrival.
         var settled = duration / 4;
@@ -207,6 +213,8 @@ static class Scenarios
         }
         double goodput = (outcomes.Ok - (okAtSettled ?? 0)) / (clock.Elapsed - settled).TotalSeconds;
         await Task.WhenAll(calls);
+        double serverCpu = server.CpuSeconds() - cpuOverload, ownCpu = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds - ownOverload;
+        int refused = outcomes.RejectedLatency.Count;
         // The machine is shared: capacity measured on both sides of the overload, and their mean used.
         double capacityAfter = await MeasureCapacityAsync(pool, TimeSpan.FromSeconds(o.Seconds / 2), concurrency: o.MaxQueueSize);
         Console.WriteLine($"  capacity before {capacity:F1}, after {capacityAfter:F1} img/s");
@@ -216,6 +224,10 @@ static class Scenarios
         Console.WriteLine($"  admitted latency: {outcomes.OkLatency.Summary()}");
         Console.WriteLine($"  rejection latency: {outcomes.RejectedLatency.Summary()}");
         Console.WriteLine($"  server-side handler time of rejections: {await server.RejectionHandlerTimesAsync()}");
+        // What the refusals cost shows as server CPU per answer above the capacity run's (same answers, plus refusals).
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"  server CPU per answer: capacity run {cpuPerOk * 1000:F1} ms, overload {serverCpu / Math.Max(1, outcomes.Ok) * 1000:F1} ms " +
+            $"({serverCpu:F1} s for {outcomes.Ok} answers and {refused} refusals); load generator CPU in the overload {ownCpu:F1} s"));
         return 0;
     }
 
@@ -327,7 +339,7 @@ static class Scenarios
             {
                 long rss = server.RssBytes();
                 if (clock.Elapsed >= TimeSpan.FromMinutes(1)) firstMinute ??= rss;
-                Console.WriteLine($"  t={clock.Elapsed.TotalSeconds,5:F0} s RSS {Mb(rss)} MB; {outcomes}");
+                Console.WriteLine($"  t={clock.Elapsed.TotalSeconds,5:F0} s RSS {Mb(rss)} MB; {await server.MemoryAsync()}; {outcomes}");
                 nextSample += TimeSpan.FromSeconds(30);
             }
             var due = TimeSpan.FromSeconds(n / rate);
@@ -342,6 +354,7 @@ static class Scenarios
         await Task.WhenAll(calls.Values);
         long end = server.RssBytes();
         Console.WriteLine($"  {outcomes}");
+        Console.WriteLine($"  memory at end: {await server.MemoryAsync()}");
         Console.WriteLine($"  RSS MB: at 1 min {Mb(firstMinute ?? end)}, at end {Mb(end)}, growth {Mb(end - (firstMinute ?? end))}");
         return 0;
     }
@@ -467,6 +480,11 @@ sealed class Latencies
         lock (_ms) _ms.Add(elapsed.TotalMilliseconds);
     }
 
+    public int Count
+    {
+        get { lock (_ms) return _ms.Count; }
+    }
+
     public string Summary()
     {
         lock (_ms)
@@ -557,6 +575,33 @@ sealed class Server : IAsyncDisposable
         return count == 0 ? "none" : $"{count:F0} rejections, {Sum("_bucket", "0.0005") / count:P1} within 0.5 ms, {Sum("_bucket", "0.001") / count:P1} within 1 ms";
     }
 
+    /// <summary>
+    /// Where the memory is, from the server's metrics: the native allocator's (jemalloc) allocated, dirty (freed, kept)
+    /// and resident MB, the GC heap after the last collection, and how often memory was released (idle, dirty_limit).
+    /// </summary>
+    public async Task<string> MemoryAsync()
+    {
+        string text;
+        try
+        {
+            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+            text = await http.GetStringAsync($"{MetricsAddress}/metrics");
+        }
+        catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException)
+        {
+            return "metrics unavailable";
+        }
+        string[] lines = text.Split('\n');
+        double Sum(string name, string? label = null) => lines
+            .Where(l => l.StartsWith(name, StringComparison.Ordinal) && (l.Length > name.Length && l[name.Length] is '{' or ' ')
+                && (label is null || l.Contains(label, StringComparison.Ordinal)))
+            .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
+        string N(string state) => Scenarios.Mb((long)Sum("xray_server_memory_native_bytes", $"xray_memory_state=\"{state}\""));
+        return string.Create(CultureInfo.InvariantCulture,
+            $"native allocated {N("allocated")} dirty {N("dirty")} resident {N("resident")} MB, GC heap {Scenarios.Mb((long)Sum("dotnet_gc_last_collection_heap_size_bytes"))} MB, " +
+            $"releases idle {Sum("xray_server_memory_releases_total", "idle"):F0} dirty_limit {Sum("xray_server_memory_releases_total", "dirty_limit"):F0}");
+    }
+
     public Process Process { get; }
     public string Address { get; }
 
@@ -616,6 +661,22 @@ sealed class Server : IAsyncDisposable
         {
         }
         return 0;
+    }
+
+    /// <summary>CPU time (user + system) the server has used, from /proc (10 ms resolution).</summary>
+    public double CpuSeconds()
+    {
+        try
+        {
+            string stat = File.ReadAllText($"/proc/{Process.Id}/stat");
+            string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            // Fields 14 and 15 of stat (utime, stime), counted from the state field (3).
+            return (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) / 100.0;
+        }
+        catch (IOException)
+        {
+            return 0;
+        }
     }
 
     public void Signal(int signal) => _ = Kill(Process.Id, signal);

@@ -4,9 +4,9 @@ namespace XRay.Model;
 
 /// <summary>
 /// The server's built-in model: the checkpoint in <c>DefaultCheckpoint/</c>, embedded in this assembly: a linear head
-/// for the 14 NIH findings trained by this project's <c>xray-train train</c> (the README has the exact command) on CNTK's
-/// ImageNet ResNet-18 with a gray stem, on all 421 sample images, with per-class calibration and thresholds chosen on
-/// cross-validated predictions (<c>xray-train calibrate</c>). The checkpoint holds only the head; the backbone is imported from the ONNX file
+/// for the 14 NIH findings trained by this project's <c>xray-train train</c> (docs/calibration.md has the exact commands) on
+/// CNTK's ImageNet ResNet-18 with a gray stem, on all 421 sample images, with per-class calibration and thresholds chosen
+/// on cross-validated predictions (<c>xray-train calibrate</c>). The checkpoint holds only the head; the backbone is imported from the ONNX file
 /// that the build copies beside the program (<see cref="ModelManifest.BaseWeights"/>).
 /// </summary>
 public static class DefaultModel

@@ -79,6 +79,50 @@ public static class NativeAllocator
     /// </summary>
     public static bool ReleaseFreeMemory() => JemallocLoaded.Value && Mallctl("arena.4096.purge", 0, 0, 0, 0) == 0;
 
+    /// <summary>
+    /// jemalloc's own account of its memory (mallctl <c>stats.*</c>, refreshed first), or null when jemalloc is not
+    /// loaded or was built without statistics. Tells growth from a leak: <see cref="JemallocStats.Allocated"/> is what
+    /// the program holds; <see cref="JemallocStats.Dirty"/> is freed memory kept for reuse (decay disabled) that
+    /// <see cref="ReleaseFreeMemory"/> gives back.
+    /// </summary>
+    public static JemallocStats? ReadStats()
+    {
+        if (!JemallocLoaded.Value)
+        {
+            return null;
+        }
+        unsafe
+        {
+            ulong epoch = 1;
+            nuint epochLength = sizeof(ulong);
+            if (Mallctl("epoch", (nint)(&epoch), (nint)(&epochLength), (nint)(&epoch), sizeof(ulong)) != 0)
+            {
+                return null;
+            }
+        }
+        long? page = ReadSize("arenas.page");
+        long? allocated = ReadSize("stats.allocated");
+        long? active = ReadSize("stats.active");
+        long? resident = ReadSize("stats.resident");
+        long? retained = ReadSize("stats.retained");
+        // Pages of all arenas (MALLCTL_ARENAS_ALL) freed and not yet given back.
+        long? dirtyPages = ReadSize("stats.arenas.4096.pdirty");
+        long? muzzyPages = ReadSize("stats.arenas.4096.pmuzzy");
+        if (page is null || allocated is null || active is null || resident is null || retained is null || dirtyPages is null)
+        {
+            return null;
+        }
+        return new JemallocStats(allocated.Value, active.Value, resident.Value, retained.Value,
+            (dirtyPages.Value + (muzzyPages ?? 0)) * page.Value);
+    }
+
+    private static unsafe long? ReadSize(string name)
+    {
+        nuint value = 0;
+        nuint length = (nuint)sizeof(nuint);
+        return Mallctl(name, (nint)(&value), (nint)(&length), 0, 0) == 0 ? (long)value : null;
+    }
+
     private static readonly Lazy<bool> JemallocLoaded = new(() => OperatingSystem.IsLinux() && IsJemallocLoaded());
 
     private static bool IsJemallocLoaded() =>
@@ -94,3 +138,10 @@ public static class NativeAllocator
     [DllImport("libc.so.6", EntryPoint = "execve", SetLastError = true)]
     private static extern int Execve([MarshalAs(UnmanagedType.LPUTF8Str)] string path, IntPtr[] argv, IntPtr[] envp);
 }
+
+/// <summary>
+/// jemalloc's statistics in bytes: <see cref="Allocated"/> held by the program; <see cref="Active"/> in pages holding
+/// allocations; <see cref="Resident"/> in physically resident pages of the allocator (data and metadata);
+/// <see cref="Retained"/> address space kept unmapped-but-reserved; <see cref="Dirty"/> freed pages kept for reuse.
+/// </summary>
+public readonly record struct JemallocStats(long Allocated, long Active, long Resident, long Retained, long Dirty);

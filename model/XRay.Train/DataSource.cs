@@ -41,6 +41,43 @@ internal sealed record DataSource
     public static DataSource? FromManifest(ModelManifest manifest) =>
         manifest.Training?["data"] is JsonObject data ? data.Deserialize<DataSource>(Trainer.JsonOptions) : null;
 
+    /// <summary>
+    /// This source with its label file found. A manifest records the path given at training time, relative to where
+    /// training ran (the repository's root, for the default model): tried as given, then from each folder above the
+    /// working directory and above this binary, so <c>evaluate --model default</c> works from anywhere in a checkout.
+    /// </summary>
+    /// <exception cref="FileNotFoundException">Nowhere; the message says which option gives it.</exception>
+    public DataSource Locate()
+    {
+        if (Csv is null || File.Exists(Csv))
+        {
+            return this;
+        }
+        if (!Path.IsPathRooted(Csv))
+        {
+            foreach (var folder in Above(Environment.CurrentDirectory).Concat(Above(AppContext.BaseDirectory)))
+            {
+                var csv = Path.Combine(folder, Csv);
+                if (File.Exists(csv))
+                {
+                    var images = Images is null || Path.IsPathRooted(Images) ? Images : Path.GetFullPath(Path.Combine(folder, Images));
+                    return this with { Csv = Path.GetFullPath(csv), Images = images };
+                }
+            }
+        }
+        throw new FileNotFoundException(
+            $"the model's data {Csv} was not found from here, above here or above the binary; give the label file with " +
+            $"{(Kind == "nih" ? "--nih-csv" : "--csv")} PATH (the NIH sample: shared/data/nih-cxr14-sample/Data_Entry_2017.csv beside the repository)");
+    }
+
+    private static IEnumerable<string> Above(string folder)
+    {
+        for (var dir = new DirectoryInfo(folder).Parent; dir is not null; dir = dir.Parent)
+        {
+            yield return dir.FullName;
+        }
+    }
+
     /// <summary>Decodes the images and splits them by patient into train, validation and test (each possibly empty).</summary>
     public SplitSets Load(PreprocessingSpec spec, Action<string>? log = null)
     {

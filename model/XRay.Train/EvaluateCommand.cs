@@ -57,7 +57,7 @@ internal static class EvaluateCommand
             }
 
             using var loaded = modelPath == "default" ? DefaultModel.Create() : Checkpoint.Load(modelPath);
-            var source = data.From(result) ?? DataSource.FromManifest(loaded.Manifest)
+            var source = data.From(result) ?? DataSource.FromManifest(loaded.Manifest)?.Locate()
                 ?? throw new ArgumentException("The manifest does not record its training data: give --nih-csv, --csv or --synthetic.");
             return await RunAsync(TrainApp.Console(output), loaded, modelPath, source, part, method, result.GetValue(writeThresholds),
                 result.GetValue(report)!, result.GetValue(precision)!, result.GetValue(runtime)!, result.GetValue(bootstrap), ct);

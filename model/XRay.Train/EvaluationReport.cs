@@ -54,10 +54,12 @@ internal static class EvaluationReport
         var diagonal = plot.Add.Line(0, 0, 1, 1);
         diagonal.LinePattern = LinePattern.Dashed;
         diagonal.Color = Colors.Gray;
+        var index = 0;
         foreach (var c in result.Classes.Where(c => c.RocCurve.Count > 0))
         {
             var line = plot.Add.Scatter(c.RocCurve.Select(p => p.Fpr).ToArray(), c.RocCurve.Select(p => p.Tpr).ToArray());
-            line.MarkerSize = 0;
+            (line.Color, line.LinePattern, line.MarkerShape) = CurveStyle(index++);
+            line.MarkerSize = 6;
             line.LineWidth = 1.5f;
             line.LegendText = $"{c.ClassName} {c.Auroc.Value:F2}";
         }
@@ -66,8 +68,28 @@ internal static class EvaluationReport
         plot.Title($"{info.Manifest.Name}: ROC, {info.Part} ({result.Images} images), mean AUROC {result.MeanAuroc.Value:F3}");
         plot.XLabel("false positive rate (1 - specificity)");
         plot.YLabel("true positive rate (sensitivity)");
-        plot.ShowLegend(Alignment.LowerRight);
-        plot.SavePng(path, 1000, 760);
+        // Beside the plot, not over the curves.
+        plot.ShowLegend(Edge.Right);
+        plot.SavePng(path, 1200, 760);
+    }
+
+    private static readonly MarkerShape[] Markers =
+    [
+        MarkerShape.FilledCircle, MarkerShape.FilledSquare, MarkerShape.FilledTriangleUp, MarkerShape.FilledDiamond,
+        MarkerShape.FilledTriangleDown, MarkerShape.OpenCircle, MarkerShape.OpenSquare, MarkerShape.OpenTriangleUp,
+        MarkerShape.OpenDiamond, MarkerShape.OpenTriangleDown, MarkerShape.Cross, MarkerShape.Eks, MarkerShape.Asterisk,
+        MarkerShape.HashTag,
+    ];
+
+    /// <summary>
+    /// The look of curve <paramref name="index"/>: ten colours (Category10), then the same colours dashed, then dotted,
+    /// and a marker shape of its own for the first fourteen, so no two of NIH's 14 classes look alike.
+    /// </summary>
+    internal static (Color Color, LinePattern Pattern, MarkerShape Marker) CurveStyle(int index)
+    {
+        Color[] colors = new ScottPlot.Palettes.Category10().Colors;
+        LinePattern[] patterns = [LinePattern.Solid, LinePattern.Dashed, LinePattern.Dotted];
+        return (colors[index % colors.Length], patterns[index / colors.Length % patterns.Length], Markers[index % Markers.Length]);
     }
 
     /// <summary>A reliability diagram: observed rate against mean predicted probability per bin, one series per calibration.</summary>

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 using Spectre.Console;
 
 namespace XRay.Train;
@@ -26,39 +27,82 @@ public static class TrainApp
             BenchmarkCommand.Create(output, error),
             RawBenchmarkCommand.Create(output, error),
         };
-        return root.Parse(args).InvokeAsync(new InvocationConfiguration { Output = output, Error = error });
+        ParseResult parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0)
+        {
+            // One line: the first error a user can act on, and where the options are listed.
+            var first = parsed.Errors.FirstOrDefault(e => !e.Message.StartsWith("Required command", StringComparison.Ordinal)) ?? parsed.Errors[0];
+            string command = parsed.CommandResult.Command is RootCommand ? Name : $"{Name} {parsed.CommandResult.Command.Name}";
+            var message = args.Length == 0 ? "no command given" : first.Message.TrimEnd('.');
+            error.WriteLine($"{Name}: {message} ({command} --help lists the {(parsed.CommandResult.Command is RootCommand ? "commands" : "options")})");
+            return Task.FromResult(ExitCodes.Usage);
+        }
+        return parsed.InvokeAsync(new InvocationConfiguration { Output = output, Error = error });
     }
 
-    /// <summary>Runs a command body; expected failures print one line and map to exit codes (2 bad input, 130 interrupted).</summary>
+    private const string Name = "xray-train";
+
+    /// <summary>
+    /// Runs a command body. A user's mistake is one line and its exit code (README, "Exit codes"): 2 a bad option or
+    /// combination, 3 a file, folder or checkpoint that is missing or unreadable, 130 interrupted; anything else is a bug:
+    /// one line naming it (exit 1), its stack trace in a file.
+    /// </summary>
     internal static async Task<int> Guard(TextWriter error, Func<Task<int>> action)
     {
         try
         {
             return await action();
         }
-        catch (AggregateException e) when (e.InnerExceptions.Count == 1 && IsExpected(e.InnerExceptions[0]))
-        {
-            error.WriteLine($"error: {e.InnerExceptions[0].Message}");
-            return 2;
-        }
-        catch (Exception e) when (IsExpected(e))
-        {
-            error.WriteLine($"error: {e.Message}");
-            return 2;
-        }
-        catch (OperationCanceledException)
+        catch (Exception e) when (Unwrap(e) is OperationCanceledException)
         {
             error.WriteLine("interrupted");
             return 130;
         }
+        catch (Exception e) when (ExitCodeOf(Unwrap(e)) is { } code)
+        {
+            error.WriteLine($"{Name}: {Unwrap(e).Message}");
+            return code;
+        }
+        catch (Exception e)
+        {
+            var detail = Path.Combine(Path.GetTempPath(), $"{Name}-error-{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Environment.ProcessId}.txt");
+            var where = $"the stack trace is in {detail}";
+            try
+            {
+                File.WriteAllText(detail, e.ToString());
+            }
+            catch (IOException)
+            {
+                where = "the stack trace could not be written";
+            }
+            error.WriteLine($"{Name}: internal error: {e.GetType().Name}: {e.Message.Split('\n', 2)[0].TrimEnd()} ({where})");
+            return ExitCodes.Internal;
+        }
     }
 
-    internal static IAnsiConsole Console(TextWriter output) =>
-        ReferenceEquals(output, System.Console.Out)
+    internal static IAnsiConsole Console(TextWriter output)
+    {
+        var console = ReferenceEquals(output, System.Console.Out)
             ? AnsiConsole.Console
             : AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(output), Interactive = InteractionSupport.No, Ansi = AnsiSupport.No });
+        if (!ReferenceEquals(output, System.Console.Out) || System.Console.IsOutputRedirected)
+        {
+            // Not a terminal (a file, a pipe, a log): Spectre would wrap tables at 80 columns ("Pleural_Thicken" / "ing").
+            console.Profile.Width = RedirectedWidth;
+        }
+        return console;
+    }
 
-    private static bool IsExpected(Exception e) =>
-        e is ArgumentException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException
-            or InvalidOperationException or XRay.Model.InvalidImageException or FormatException or XRay.Model.Onnx.OnnxImportException;
+    /// <summary>Columns tables may use when the output is not a terminal.</summary>
+    internal const int RedirectedWidth = 200;
+
+    private static Exception Unwrap(Exception e) => e is AggregateException { InnerExceptions.Count: 1 } aggregate ? aggregate.InnerExceptions[0] : e;
+
+    private static int? ExitCodeOf(Exception e) => e switch
+    {
+        FileNotFoundException or DirectoryNotFoundException or InvalidDataException or UnauthorizedAccessException
+            or XRay.Model.InvalidImageException or XRay.Model.Onnx.OnnxImportException => ExitCodes.NotFound,
+        ArgumentException or FormatException or InvalidOperationException => ExitCodes.Usage,
+        _ => null,
+    };
 }

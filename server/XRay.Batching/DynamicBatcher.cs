@@ -49,7 +49,12 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
     private TaskCompletionSource? _wake;
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private PreferredBatchSizes? _preferredBatchSizes;
+    // Measured compute time per item (moving average over successful batches); zero until a batch has run.
+    private TimeSpan _timePerItem;
     private readonly Task _loop;
+
+    // Weight of the newest batch in the moving average of the compute time per item.
+    private const double TimePerItemWeight = 0.2;
 
     public DynamicBatcher(IBatchHandler<TInput, TOutput> handler, BatchingOptions options,
                           TimeProvider? timeProvider = null, BatcherObserver? observer = null)
@@ -112,14 +117,17 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
     /// <param name="items">Items the request will hold, at least 1.</param>
     /// <param name="caller">Whose fair share the request counts against (compared with <see cref="object.Equals(object)"/>);
     /// null: the shared caller of all requests without one.</param>
-    public QueueReservation Reserve(int items, object? caller = null)
+    /// <param name="deadline">When the request's caller stops waiting: a request that would not be computed by then
+    /// (see <see cref="EstimatedWait"/>) is refused with <see cref="RejectionReason.DeadlineUnmeetable"/>.</param>
+    public QueueReservation Reserve(int items, object? caller = null, DateTimeOffset? deadline = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(items, 1);
         string? rejection;
         RejectionReason reason;
+        var now = deadline is null ? default : _timeProvider.GetUtcNow();
         lock (_lock)
         {
-            rejection = AdmissionErrorLocked(items, reserved: false, out reason);
+            rejection = AdmissionErrorLocked(items, reserved: false, deadline, now, out reason);
             if (rejection is null)
             {
                 _reservedItems += items;
@@ -226,7 +234,7 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
             answeredByCallback = request.Done;
             if (!answeredByCallback)
             {
-                rejection = AdmissionErrorLocked(items.Count, reserved, out reason);
+                rejection = AdmissionErrorLocked(items.Count, reserved, deadline, now, out reason);
                 if (rejection is null)
                 {
                     AddLocked(request, caller);
@@ -258,8 +266,44 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
         return request.Task;
     }
 
+    /// <summary>
+    /// Whether a request of <paramref name="items"/> items with <paramref name="deadline"/> would be admitted now,
+    /// without taking room: lets a caller refuse a request before reading it. When it would not, <paramref name="reason"/>
+    /// and <paramref name="message"/> say why, as <see cref="Reserve"/> would. Nothing is recorded (the observer is not
+    /// told); a request that is then refused is the caller's to count.
+    /// </summary>
+    public bool WouldAdmit(int items, DateTimeOffset? deadline, out RejectionReason reason, out string? message)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(items, 1);
+        var now = deadline is null ? default : _timeProvider.GetUtcNow();
+        lock (_lock)
+        {
+            message = AdmissionErrorLocked(items, reserved: false, deadline, now, out reason);
+        }
+
+        return message is null;
+    }
+
+    /// <summary>
+    /// How long a request of <paramref name="items"/> items admitted now would take until its last item is computed:
+    /// the items waiting or reserved ahead of it plus its own, at the measured compute time per item (a moving
+    /// average over recent batches), shared by the model instances. Zero until a batch has run. Items of a batch
+    /// already running are not counted, so the estimate errs short: a request is refused on it only when it is
+    /// unlikely to make its deadline.
+    /// </summary>
+    public TimeSpan EstimatedWait(int items)
+    {
+        lock (_lock)
+        {
+            return EstimatedWaitLocked(items);
+        }
+    }
+
+    private TimeSpan EstimatedWaitLocked(int items) =>
+        _timePerItem * ((double)(_queuedItems + _reservedItems + items) / Options.ModelInstances);
+
     /// <summary>Why a request may not enter; null when it may. A reserved request was admitted already, unless disposed since.</summary>
-    private string? AdmissionErrorLocked(int items, bool reserved, out RejectionReason reason)
+    private string? AdmissionErrorLocked(int items, bool reserved, DateTimeOffset? deadline, DateTimeOffset now, out RejectionReason reason)
     {
         reason = RejectionReason.ShuttingDown;
         if (_disposed || (_stopping && !reserved))
@@ -280,9 +324,24 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
 
         // Reserved room counts as waiting: those images are being prepared and will queue.
         var waiting = _queuedItems + _reservedItems;
-        return waiting + items > Options.MaxQueueSize
-            ? $"queue full: {waiting} of {Options.MaxQueueSize} images waiting, request has {items}"
-            : null;
+        if (waiting + items > Options.MaxQueueSize)
+        {
+            return $"queue full: {waiting} of {Options.MaxQueueSize} images waiting, request has {items}";
+        }
+
+        if (deadline is { } due)
+        {
+            var wait = EstimatedWaitLocked(items);
+            if (due - now < wait)
+            {
+                reason = RejectionReason.DeadlineUnmeetable;
+                var left = due > now ? due - now : TimeSpan.Zero;
+                return $"deadline too short: {left.TotalMilliseconds:F0} ms left, but the estimated wait is {wait.TotalMilliseconds:F0} ms " +
+                       $"({waiting} images waiting ahead, {_timePerItem.TotalMilliseconds:F1} ms per image)";
+            }
+        }
+
+        return null;
     }
 
     private void ReleaseReservation(QueueReservation reservation) => ReleaseReservedItems(reservation.Items);
@@ -490,6 +549,12 @@ public sealed class DynamicBatcher<TInput, TOutput> : IAsyncDisposable
         {
             _runningBatches--;
             _version++;
+            if (error is null && duration > TimeSpan.Zero)
+            {
+                var perItem = duration / size;
+                _timePerItem = _timePerItem == TimeSpan.Zero ? perItem : (_timePerItem * (1 - TimePerItemWeight)) + (perItem * TimePerItemWeight);
+            }
+
             foreach (var segment in batch.Segments)
             {
                 var request = segment.Request;

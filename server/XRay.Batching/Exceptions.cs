@@ -8,6 +8,11 @@ public enum RejectionReason
     ShuttingDown,
     /// <summary>The request's deadline passed before all of its items were dispatched.</summary>
     DeadlineExceeded,
+    /// <summary>
+    /// Refused at admission: the time left before the request's deadline is shorter than the estimated wait for its
+    /// items to be computed (the items ahead of it at the measured time per item), so it would time out in the queue.
+    /// </summary>
+    DeadlineUnmeetable,
 }
 
 /// <summary>A request was not (fully) run; <see cref="Reason"/> says why. None of its queued items were computed.</summary>

@@ -1,8 +1,4 @@
-using XRay.Model;
 using XRay.Server.Hosting;
 
-NativeAllocator.PreloadJemalloc();
-
-WebApplication app = XRayServerApp.Build(args);
-app.Logger.LogInformation("Native allocator: {Allocator}", NativeAllocator.Describe());
-app.Run();
+// --help, start-up checks before the model loads, one line and a documented exit code for each mistake (README, "Exit codes").
+return ServerCommand.Run(args, Console.Out, Console.Error);

@@ -153,6 +153,11 @@ public sealed class EndToEndTests
             using JsonDocument report = JsonDocument.Parse(File.ReadAllText(Path.Combine(directory, "report.json")));
             Assert.Equal("run", report.RootElement.GetProperty("kind").GetString());
             Assert.Equal(12, report.RootElement.GetProperty("runs")[0].GetProperty("requests").GetProperty("ok").GetInt64());
+            // The timeline covers every measured request, in intervals from the start of the measurement.
+            JsonElement[] timeline = report.RootElement.GetProperty("runs")[0].GetProperty("timeline").EnumerateArray().ToArray();
+            Assert.NotEmpty(timeline);
+            Assert.Equal(12, timeline.Sum(p => p.GetProperty("ok").GetInt64()));
+            Assert.Equal(0, timeline[0].GetProperty("start_s").GetDouble());
             var served = await server.Stub.GetModelInfoAsync(new XRay.Contracts.V1.GetModelInfoRequest()).ResponseAsync.WaitAsync(Bound);
             Assert.Equal(served.Architecture, report.RootElement.GetProperty("model").GetProperty("architecture").GetString());
             Assert.Contains("| c=3 |", output.ToString());
@@ -213,7 +218,7 @@ public sealed class EndToEndTests
 
         error = new StringWriter();
         int unreachable = await LoadTestApp.RunAsync(["run", "-t", "http://127.0.0.1:1", "-n", "1"], TextWriter.Null, error).WaitAsync(Bound);
-        Assert.Equal(3, unreachable);
+        Assert.Equal(4, unreachable);
         Assert.Contains("cannot reach", error.ToString());
     }
 

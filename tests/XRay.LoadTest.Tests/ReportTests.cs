@@ -21,7 +21,7 @@ public sealed class ReportTests
         // Consumers (dashboards, CI comparisons) read these names: changing one is a format change.
         Assert.Equal(["tool", "format_version", "kind", "command", "started_utc", "machine", "model", "runs", "sweep", "bench"], Names(root));
         Assert.Equal(["label", "mode", "api", "concurrency", "rate_rps", "arrival", "connections", "targets", "payload", "warmup_s", "duration_s",
-            "requests", "status_codes", "throughput", "latency_ms", "schedule_lag_ms", "server", "client_cpu", "server_cpu", "interrupted"], Names(run));
+            "requests", "status_codes", "throughput", "latency_ms", "schedule_lag_ms", "server", "client_cpu", "server_cpu", "interrupted", "timeline"], Names(run));
         Assert.Equal(["count", "min", "mean", "p50", "p90", "p95", "p99", "p99_9", "max"], Names(run.GetProperty("latency_ms")));
         Assert.Equal(["requests_per_s", "images_per_s", "offered_rps"], Names(run.GetProperty("throughput")));
         Assert.Equal(["sent", "ok", "failed", "dropped", "images_ok", "error_rate"], Names(run.GetProperty("requests")));

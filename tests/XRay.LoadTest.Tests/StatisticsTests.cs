@@ -172,6 +172,45 @@ public sealed class StatisticsTests
         ForwardMs = new LatencySummary { Count = 10, P50 = batch / imagesPerSecond * 1000 },
     };
 
+    [Fact]
+    public void Timeline_BucketsCompletionsByTime_WithRatesAndExactPercentiles()
+    {
+        var timeline = new TimelineRecorder();
+        const long start = 1_000_000;
+        static long At(double seconds) => start + (long)(seconds * System.Diagnostics.Stopwatch.Frequency);
+        // [0, 1 s): 100 requests of 2 images, 1..100 ms. [1, 2 s]: 50 of 10 ms, 10 failures, one at the window's very end.
+        for (int i = 1; i <= 100; i++) timeline.Record(At(0.005 * i), i * 1000, images: 2);
+        for (int i = 0; i < 49; i++) timeline.Record(At(1.1 + 0.01 * i), 10_000, images: 2);
+        timeline.Record(At(2.0), 10_000, images: 2);
+        for (int i = 0; i < 10; i++) timeline.Record(At(1.5), 0, images: 0);
+        // Outside the window: before it (warm-up) and after it.
+        timeline.Record(At(-0.1), 5_000, images: 1);
+        timeline.Record(At(2.5), 5_000, images: 1);
+
+        IReadOnlyList<TimelinePoint> points = timeline.Build(start, windowSeconds: 2, maxPoints: 2);
+
+        Assert.Equal(2, points.Count);
+        Assert.Equal((0, 1, 100, 0, 100, 200), (points[0].StartS, points[0].EndS, points[0].Ok, points[0].Failed, points[0].RequestsPerS, points[0].ImagesPerS));
+        Assert.Equal((50.0, 90.0, 99.0), (points[0].P50Ms, points[0].P90Ms, points[0].P99Ms));
+        Assert.Equal((1, 2, 50, 10, 50, 100), (points[1].StartS, points[1].EndS, points[1].Ok, points[1].Failed, points[1].RequestsPerS, points[1].ImagesPerS));
+        Assert.Equal((10.0, 10.0), (points[1].P50Ms, points[1].P99Ms));
+    }
+
+    [Fact]
+    public void Timeline_IntervalsHoldEnoughCompletions_ButAtLeastTen()
+    {
+        var timeline = new TimelineRecorder();
+        // 30 s at 4 completions/s: 20 per interval would take 5 s intervals (6 points); at least 10 points wins: 2 s intervals, 15 points.
+        for (int i = 0; i < 120; i++) timeline.Record(i * System.Diagnostics.Stopwatch.Frequency / 4, 1000, images: 1);
+
+        IReadOnlyList<TimelinePoint> points = timeline.Build(0, windowSeconds: 30);
+
+        Assert.Equal(15, points.Count);
+        Assert.All(points, p => Assert.Equal(2, p.EndS - p.StartS));
+        Assert.Equal(120, points.Sum(p => p.Ok));
+        Assert.Empty(new TimelineRecorder().Build(0, 10));
+    }
+
     /// <summary>HdrHistogram with 3 significant digits: within 0.1%.</summary>
     private static void AssertWithin(double expected, double actual) =>
         Assert.InRange(actual, expected * 0.999, expected * 1.001);

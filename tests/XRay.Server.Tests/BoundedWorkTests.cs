@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using Google.Protobuf;
 using Grpc.Core;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 using Microsoft.Extensions.Options;
 using SkiaSharp;
 using XRay.Client;
@@ -183,6 +184,38 @@ public class BoundedWorkTests
         await Task.WhenAll(first, second, third).WaitAsync(TestServer.Timeout);
         Assert.Equal(3, pool.Started);
         Assert.Equal(0, pool.Running);
+    }
+
+    [Fact]
+    public async Task DecodePool_Metrics_DecodesRunningWaitingAndTheWaitForASlot()
+    {
+        using var services = new ServiceCollection().AddMetrics().BuildServiceProvider();
+        var meters = services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+        using var metrics = new XRay.Server.Telemetry.XRayMetrics(meters);
+        using var active = new MetricCollector<int>(meters, XRay.Server.Telemetry.XRayMetrics.MeterName, XRay.Server.Telemetry.XRayMetrics.DecodesActiveName);
+        using var waiting = new MetricCollector<int>(meters, XRay.Server.Telemetry.XRayMetrics.MeterName, XRay.Server.Telemetry.XRayMetrics.DecodesWaitingName);
+        using var waits = new MetricCollector<double>(meters, XRay.Server.Telemetry.XRayMetrics.MeterName, XRay.Server.Telemetry.XRayMetrics.DecodeWaitName);
+        using var pool = new DecodePool(Options.Create(new DecodingOptions { MaxConcurrentDecodes = 1 }), metrics);
+        using var gate = new ManualResetEventSlim();
+        var entered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        int Last(MetricCollector<int> gauge)
+        {
+            gauge.RecordObservableInstruments();
+            return gauge.LastMeasurement!.Value;
+        }
+
+        var running = Task.Run(() => pool.RunAsync(() => { entered.SetResult(); Assert.True(gate.Wait(TestServer.Timeout)); }, CancellationToken.None));
+        await entered.Task.WaitAsync(TestServer.Timeout);
+        var queued = pool.RunAsync(() => { }, CancellationToken.None);
+
+        Assert.Equal(1, Last(active));
+        Assert.Equal(1, Last(waiting));
+        Assert.Single(waits.GetMeasurementSnapshot());
+        gate.Set();
+        await Task.WhenAll(running, queued).WaitAsync(TestServer.Timeout);
+        Assert.Equal(0, Last(active));
+        Assert.Equal(0, Last(waiting));
+        Assert.Equal(2, waits.GetMeasurementSnapshot().Count);
     }
 
     [Fact]

@@ -32,10 +32,10 @@ public sealed class CliTests
 
         Assert.Equal(0, json.Exit);
         using var document = JsonDocument.Parse(json.Output);
-        Assert.Equal(["a.png", "b.png"], document.RootElement.EnumerateArray().Select(e => e.GetProperty("file").GetString()));
-        Assert.Equal(14, document.RootElement[0].GetProperty("probabilities").EnumerateObject().Count());
+        Assert.Equal([a, b], document.RootElement.EnumerateArray().Select(e => e.GetProperty("path").GetString()));
+        Assert.Equal(14, document.RootElement[0].GetProperty("result").GetProperty("probabilities").EnumerateObject().Count());
         Assert.Equal(0, table.Exit);
-        Assert.Contains("a.png:", table.Output);
+        Assert.Contains($"{a}:", table.Output);
         Assert.Contains("Atelectasis", table.Output);
         // The model's notice under the table; an image that is not a radiograph: its warning, findings withheld.
         Assert.EndsWith("Not for clinical use." + Environment.NewLine, table.Output);
@@ -68,9 +68,9 @@ public sealed class CliTests
         var unreachable = await RunAsync("classify", file, "--server", "http://127.0.0.1:1", "--timeout", "5");
         File.Delete(file);
 
-        Assert.Equal(2, missing.Exit);
+        Assert.Equal(3, missing.Exit);
         Assert.Contains("no such file", missing.Error);
-        Assert.Equal(3, unreachable.Exit);
+        Assert.Equal(4, unreachable.Exit);
         Assert.Contains("cannot reach", unreachable.Error);
     }
 
@@ -89,7 +89,7 @@ public sealed class CliTests
         var info = await RunAsync("info", "--server", server.Address);
 
         Assert.Equal((0, "serving second 2 (was first 1)"), (loaded.Exit, loaded.Output[..30]));
-        Assert.Equal(4, missing.Exit);
+        Assert.Equal(5, missing.Exit);
         Assert.StartsWith("error: the model was not loaded (FailedPrecondition): The model at '/models/third' failed to load", missing.Error);
         Assert.Contains("second 2", info.Output);
     }

@@ -93,6 +93,9 @@ public sealed class PrometheusAssetsTests
     {
         await Task.WhenAll(Enumerable.Range(0, 12).Select(i => server.Client.ClassifyAsync(Request(i)))).WaitAsync(Timeout);
         await server.Client.ClassifyAsync(Request(20, images: 6)).WaitAsync(Timeout);
+        // An encoded image, for the decode pool's wait time.
+        var png = new ClassifyRequest { RequestId = "png", Encoded = new EncodedImages { Images = { Google.Protobuf.ByteString.CopyFrom(Images.Png(300, 200, seed: 21)) } } };
+        await server.Stub.ClassifyAsync(png).ResponseAsync.WaitAsync(Timeout);
         using (var timeout = new CancellationTokenSource(Timeout))
         using (var stream = server.Stub.ClassifyStream(cancellationToken: timeout.Token))
         {

@@ -15,7 +15,7 @@ public sealed class RequestLoggingTests
 {
     private static readonly TimeSpan Timeout = TestServer.Timeout;
     private static readonly string Category = typeof(ClassifierService).FullName!;
-    private static readonly string[] AllowedFields = ["RequestId", "Method", "StatusCode", "Detail", "{OriginalFormat}"];
+    private static readonly string[] AllowedFields = ["RequestId", "Method", "StatusCode", "Detail", "Skipped", "{OriginalFormat}"];
 
     private static Task<TestServer> StartAsync(FakeModelBackendFactory factory, bool waitUntilServing = true) =>
         TestServer.StartAsync(factory, builder =>
@@ -105,5 +105,39 @@ public sealed class RequestLoggingTests
         Assert.Equal("s-bad", record.GetStructuredStateValue("RequestId"));
         Assert.Equal(Telemetry.ClassifierMethods.ClassifyStream, record.GetStructuredStateValue("Method"));
         AssertNoPixels(record);
+    }
+
+    [Fact]
+    public async Task RequestWithoutRequestId_IsNamedByItsCall_InTheLogAndTheResponse()
+    {
+        // The typed client and the CLI send no request_id on unary calls: the log line must still name the request.
+        var backend = new FakeModelBackend();
+        await using var server = await StartAsync(new FakeModelBackendFactory(backend));
+
+        ClassifyResponse fine = await server.Client.ClassifyAsync(Request(0, "")).WaitAsync(Timeout);
+        Assert.Equal(StatusCode.InvalidArgument, await StatusOf(server.Client.ClassifyAsync(InvalidRequest(""))));
+        using var timeout = new CancellationTokenSource(Timeout);
+        using var call = server.Stub.ClassifyStream(cancellationToken: timeout.Token);
+        await call.RequestStream.WriteAsync(InvalidRequest("")).WaitAsync(Timeout);
+        await call.RequestStream.CompleteAsync().WaitAsync(Timeout);
+        var streamed = new List<ClassifyResponse>();
+        await foreach (ClassifyResponse response in call.ResponseStream.ReadAllAsync(timeout.Token))
+        {
+            streamed.Add(response);
+        }
+
+        // Kestrel's connection:stream id, as in its own logs.
+        Assert.Matches("^[0-9A-Z]+:[0-9A-F]{8}$", fine.RequestId);
+        FakeLogRecord[] logs = RequestLogs(server);
+        Assert.Equal(2, logs.Length);
+        Assert.All(logs, record =>
+        {
+            Assert.Matches("^[0-9A-Z]+:[0-9A-F]{8}$", record.GetStructuredStateValue("RequestId"));
+            Assert.DoesNotContain("Request  (", record.Message);
+        });
+        Assert.NotEqual(logs[0].GetStructuredStateValue("RequestId"), logs[1].GetStructuredStateValue("RequestId"));
+        Assert.NotEqual(fine.RequestId, logs[0].GetStructuredStateValue("RequestId"));
+        // A stream's responses keep the ids the caller sent (clients match them by request_id).
+        Assert.Equal("", Assert.Single(streamed).RequestId);
     }
 }

@@ -26,4 +26,4 @@ if ! node scripts/wait-ready.mjs "http://127.0.0.1:$metrics_port/readyz" 120; th
 fi
 npm ci --no-audit --no-fund
 # Bounded: a test that leaves a handle open must fail the run, not hang it.
-XRAY_SERVER="http://127.0.0.1:$grpc_port" timeout 600 npm test
+XRAY_SERVER="http://127.0.0.1:$grpc_port" XRAY_METRICS="http://127.0.0.1:$metrics_port" timeout 600 npm test

@@ -50,9 +50,12 @@ export class XRayClient {
   private readonly initialBackoffMs: number;
   private next = 0;
 
-  /** @param addresses one server (`http://host:port`) or several, called round-robin. */
+  /**
+   * @param addresses one server or several, called round-robin: `host:port`, `http://host:port`, `https://host:port`
+   * or `dns:///host:port` (see {@link serverUrl}).
+   */
   constructor(addresses: string | readonly string[], options: XRayClientOptions = {}) {
-    this.addresses = typeof addresses === "string" ? [addresses] : [...addresses];
+    this.addresses = (typeof addresses === "string" ? [addresses] : [...addresses]).map(serverUrl);
     if (this.addresses.length === 0) throw new Error("At least one server address is needed.");
     this.timeoutMs = options.timeoutMs ?? 30_000;
     this.maxAttempts = Math.max(1, options.maxAttempts ?? 4);
@@ -139,6 +142,42 @@ export class XRayClient {
         await new Promise((resolve) => setTimeout(resolve, Math.random() * backoff));
         backoff = Math.min(backoff * 2, 2_000);
       }
+    }
+  }
+}
+
+/**
+ * The URL to dial for an address as users type it: `http://host:port` and `https://host:port` as they are, `host:port`
+ * (`localhost:5051`, `10.0.0.5:5051`, `[::1]:5051`) as `http://host:port`, and `dns:///host:port` as `http://host:port`
+ * (Node resolves the name; give several addresses to spread calls). Throws an Error naming what is wrong otherwise.
+ */
+export function serverUrl(address: string): string {
+  const bad = (why: string) =>
+    new Error(`'${address}' is not a server address: ${why}; use host:port, http://host:port, https://host:port or dns:///host:port`);
+  const text = address.trim();
+  if (text === "") throw bad("it is empty");
+  let url: URL;
+  if (/^dns:/i.test(text)) {
+    if (!/^dns:\/\/\//i.test(text)) throw bad("a DNS name is written dns:///host:port");
+    url = parse(`http://${text.slice("dns:///".length)}`);
+  } else if (!text.includes("://")) {
+    url = parse(`http://${text}`);
+  } else {
+    const scheme = text.slice(0, text.indexOf("://")).toLowerCase();
+    if (scheme !== "http" && scheme !== "https") throw bad(`'${scheme}://' is not a scheme the client speaks`);
+    url = parse(text);
+    if (url.pathname !== "/" || url.search || url.hash) throw bad(`gRPC servers take no path ('${url.pathname}')`);
+    return url.origin;
+  }
+  if (url.port === "") throw bad("it has no port");
+  if (url.pathname !== "/" || url.search || url.hash || url.username) throw bad("it does not name a host and port");
+  return url.origin;
+
+  function parse(candidate: string): URL {
+    try {
+      return new URL(candidate);
+    } catch {
+      throw bad("it is not host:port or a valid URL");
     }
   }
 }

@@ -1,3 +1,3 @@
-export { XRayClient, findingNames, type XRayClientOptions } from "./client.js";
+export { XRayClient, findingNames, serverUrl, type XRayClientOptions } from "./client.js";
 export * from "./gen/xray/v1/classifier_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";

@@ -1,9 +1,9 @@
 // Calls a real XRay server: XRAY_SERVER=http://127.0.0.1:PORT npm test (.ci/run starts one).
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { deflateSync } from "node:zlib";
 import { create } from "@bufbuild/protobuf";
-import { ClassifyRequestSchema, Code, ConnectError, DataType, TensorSchema, XRayClient } from "../src/index.js";
+import { ClassifyRequestSchema, Code, ConnectError, DataType, TensorSchema, XRayClient, serverUrl } from "../src/index.js";
+import { grayPng } from "./png.js";
 
 const server = process.env.XRAY_SERVER;
 if (!server) throw new Error("Set XRAY_SERVER to a running XRay server (http://127.0.0.1:PORT).");
@@ -97,42 +97,6 @@ test("an unreachable server is UNAVAILABLE", limits, async () => {
   await assert.rejects(nowhere.getModelInfo(), (error: unknown) => ConnectError.from(error).code === Code.Unavailable);
 });
 
-/** A minimal 8-bit grayscale PNG: signature, IHDR, one zlib IDAT (filter 0 per row), IEND. */
-function grayPng(width: number, height: number): Uint8Array {
-  const raw = Buffer.alloc((width + 1) * height);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) raw[y * (width + 1) + 1 + x] = (x * 255) / width;
-  }
-  const header = Buffer.alloc(13);
-  header.writeUInt32BE(width, 0);
-  header.writeUInt32BE(height, 4);
-  header.set([8, 0, 0, 0, 0], 8); // bit depth 8, colour type 0 (gray), deflate, no filter method, no interlace
-  return Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk("IHDR", header),
-    chunk("IDAT", deflateSync(raw)),
-    chunk("IEND", Buffer.alloc(0)),
-  ]);
-}
-
-function chunk(type: string, data: Buffer): Buffer {
-  const length = Buffer.alloc(4);
-  length.writeUInt32BE(data.length);
-  const body = Buffer.concat([Buffer.from(type, "ascii"), data]);
-  const crc = Buffer.alloc(4);
-  crc.writeUInt32BE(crc32(body));
-  return Buffer.concat([length, body, crc]);
-}
-
-function crc32(bytes: Uint8Array): number {
-  let crc = 0xffffffff;
-  for (const byte of bytes) {
-    crc ^= byte;
-    for (let k = 0; k < 8; k++) crc = (crc >>> 1) ^ (0xedb88320 & -(crc & 1));
-  }
-  return (crc ^ 0xffffffff) >>> 0;
-}
-
 test("a token and an API key travel as headers; UNAUTHENTICATED comes back as its code", limits, async () => {
   // A stand-in server that records the headers of a call and refuses it as the real one does without credentials.
   const { createServer } = await import("node:http2");
@@ -161,4 +125,16 @@ test("a token and an API key travel as headers; UNAUTHENTICATED comes back as it
 
 test("a CA or client certificate with an http:// address is refused at once", () => {
   assert.throws(() => new XRayClient("http://127.0.0.1:1", { caPath: "ca.pem" }), /https:\/\//);
+});
+
+test("addresses: host:port, localhost, URLs and dns:/// are accepted; anything else is refused with the forms that work", () => {
+  assert.equal(serverUrl("localhost:5051"), "http://localhost:5051");
+  assert.equal(serverUrl("10.0.0.5:5051"), "http://10.0.0.5:5051");
+  assert.equal(serverUrl("[::1]:5051"), "http://[::1]:5051");
+  assert.equal(serverUrl("http://127.0.0.1:5051"), "http://127.0.0.1:5051");
+  assert.equal(serverUrl("https://xray.example:8443/"), "https://xray.example:8443");
+  assert.equal(serverUrl("dns:///xray-headless.default.svc:5051"), "http://xray-headless.default.svc:5051");
+  for (const bad of ["localhost", "localhost:http", "ftp://host:21", "http://host:5051/path", "", "a:b:c"]) {
+    assert.throws(() => serverUrl(bad), /is not a server address: .*; use host:port, http:\/\/host:port/, bad);
+  }
 });

@@ -118,7 +118,7 @@ public sealed class BenchRunner(BenchOptions benchOptions, IRunPresenter present
     private async Task<BenchResult> RunAsync(BenchOptions options, string? randomModel, CancellationToken cancellationToken)
     {
         string train = options.TrainPath ?? ToolProcess.FindBuilt(Path.Combine("model", "XRay.Train"), "xray-train")
-            ?? throw new InvalidOperationException("no xray-train binary found (it measures the raw model): build model/XRay.Train, or pass --train-path");
+            ?? throw new FileNotFoundException("no xray-train binary found (it measures the raw model): build model/XRay.Train, or pass --train-path");
 
         // (a) Raw, first: nothing else is running yet.
         presenter.Log($"(a) raw model ({train} raw-benchmark), batch sizes {string.Join(",", options.RawBatchSizes)} ...");
@@ -190,7 +190,7 @@ public sealed class BenchRunner(BenchOptions benchOptions, IRunPresenter present
             if (target is null)
             {
                 string path = options.ServerPath ?? ServerProcess.FindServerBinary()
-                    ?? throw new InvalidOperationException("no xray-server binary found: build server/XRay.Server, or pass --server-path");
+                    ?? throw new FileNotFoundException("no xray-server binary found: build server/XRay.Server, or pass --server-path");
                 string[] arguments =
                 [
                     .. batchingArguments,

@@ -53,7 +53,7 @@ internal static class TransportBench
     );
 
     private static string ServerPath(string? given) =>
-        given ?? ServerProcess.FindServerBinary() ?? throw new ArgumentException("no xray-server binary found; build server/XRay.Server or pass --server-path.");
+        given ?? ServerProcess.FindServerBinary() ?? throw new FileNotFoundException("no xray-server binary found; build server/XRay.Server or pass --server-path.");
 
     private static async Task<int> StallAsync(TextWriter output, int count, int messageMib, int sendMib, TimeSpan hold, bool unary,
         string serverPath, string[] serverArgs, CancellationToken cancellationToken)

@@ -191,8 +191,13 @@ public sealed class LoadRunner
             ClassifyResponse response = await _sender!.SendAsync(request, slot, cancellationToken).ConfigureAwait(false);
             long done = Stopwatch.GetTimestamp();
             // Late: latency runs from the scheduled arrival. Early (timer granularity): from the actual send.
-            _recorder.RecordSuccess(measured, Microseconds(done - Math.Min(sent, scheduled)), response, completedInWindow: done <= _end);
-            if (measured) NoteCompletion(done);
+            long latency = Microseconds(done - Math.Min(sent, scheduled));
+            _recorder.RecordSuccess(measured, latency, response, completedInWindow: done <= _end);
+            if (measured)
+            {
+                NoteCompletion(done);
+                _recorder.Timeline.Record(done, latency, response.Predictions.Count);
+            }
         }
         catch (Exception) when (cancellationToken.IsCancellationRequested)
         {
@@ -201,18 +206,25 @@ public sealed class LoadRunner
         catch (RpcException ex)
         {
             _recorder.RecordFailure(measured, ex.StatusCode);
-            if (measured) NoteCompletion(Stopwatch.GetTimestamp());
+            if (measured) NoteFailure();
         }
         catch (Exception ex) when (ex is InvalidOperationException or IOException or ObjectDisposedException)
         {
             // E.g. writing to a stream the server has ended.
             _recorder.RecordFailure(measured, StatusCode.Unknown);
-            if (measured) NoteCompletion(Stopwatch.GetTimestamp());
+            if (measured) NoteFailure();
         }
         finally
         {
             Interlocked.Decrement(ref _inFlight);
         }
+    }
+
+    private void NoteFailure()
+    {
+        long now = Stopwatch.GetTimestamp();
+        NoteCompletion(now);
+        _recorder.Timeline.Record(now, 0, images: 0);
     }
 
     private void NoteCompletion(long timestamp)
@@ -291,6 +303,7 @@ public sealed class LoadRunner
             ClientCpu = clientCpu,
             ServerCpu = serverCpu,
             Interrupted = interrupted,
+            Timeline = _recorder.Timeline.Build(_warmupEnd, windowSeconds),
         };
     }
 

@@ -35,6 +35,9 @@ internal sealed class RunRecorder
     /// <summary>Open loop: how late requests left against their schedule (the load tester keeping up, or not).</summary>
     public LatencyRecorder ScheduleLag { get; } = new();
 
+    /// <summary>Measured completions over time.</summary>
+    public TimelineRecorder Timeline { get; } = new();
+
     public long OkRequests => Volatile.Read(ref _okRequests);
     public long OkImages => Volatile.Read(ref _okImages);
     public long OkRequestsInWindow => Volatile.Read(ref _okRequestsInWindow);

@@ -61,6 +61,9 @@ public sealed record RunResult
 
     /// <summary>Stopped early (Ctrl+C): the numbers cover what ran.</summary>
     public bool Interrupted { get; init; }
+
+    /// <summary>The measured window in intervals: throughput and latency over time (empty in reports from before it existed).</summary>
+    public IReadOnlyList<TimelinePoint> Timeline { get; init; } = [];
 }
 
 public sealed record PayloadInfo

@@ -139,12 +139,12 @@ public sealed class PayloadPool
             }
             else
             {
-                throw new ArgumentException($"no such file or folder: {path}");
+                throw new FileNotFoundException($"--files: no such file or folder: {path}", path);
             }
         }
         if (paths.Count > 0 && files.Count == 0)
         {
-            throw new ArgumentException($"no PNG or JPEG files in {string.Join(", ", paths)}");
+            throw new FileNotFoundException($"--files: no PNG or JPEG files in {string.Join(", ", paths)}");
         }
         return files.ToArray();
     }

@@ -16,11 +16,17 @@ public sealed partial class ClassifierService(
     IOptions<BatchingOptions> batchingOptions,
     IOptions<ServingOptions> servingOptions,
     XRayMetrics metrics,
+    LogBudget logBudget,
     ILogger<ClassifierService> logger) : Classifier.ClassifierBase
 {
     public override async Task<ClassifyResponse> Classify(ClassifyRequest request, ServerCallContext context)
     {
         long started = metrics.RequestStart(ClassifierMethods.Classify);
+        if (request.RequestId.Length == 0)
+        {
+            // Named by its call, so its log line, span and response carry an id the caller can quote.
+            request.RequestId = CallId(context);
+        }
         try
         {
             ClassifyResponse response = await ClassifyAsync(request, context).ConfigureAwait(false);
@@ -138,13 +144,14 @@ public sealed partial class ClassifierService(
         span?.SetTag(XRayTracing.RequestIdTag, LogText.Quote(request.RequestId));
         int maxImages = batchingOptions.Value.MaxQueueSize;
         // Admission before decoding: room in the queue is taken (or refused at once) before a pixel is decoded, and
-        // given back if decoding fails. The caller's share is per connection (context.Peer): one connection's backlog
-        // cannot starve another's requests.
-        using QueueReservation reservation = model.Batcher.Reserve(RequestDecoder.CountImages(request, maxImages), context.Peer);
+        // given back if decoding fails. The caller's share is per authenticated caller, else per connection: one
+        // caller's backlog cannot starve another's requests.
+        // A request whose deadline is shorter than the estimated wait is refused here too: it would time out queued.
+        DateTimeOffset? deadline = context.Deadline == DateTime.MaxValue ? null : new DateTimeOffset(context.Deadline);
+        using QueueReservation reservation = model.Batcher.Reserve(RequestDecoder.CountImages(request, maxImages), FairShareKey(context), deadline);
         (float[][] images, IReadOnlyList<string>[] warnings) = await RequestDecoder.DecodeAsync(request, model.Preprocessor, maxImages, decodePool, context.CancellationToken, model.Buffers)
             .ConfigureAwait(false);
         span?.SetTag(XRayTracing.ImagesTag, images.Length);
-        DateTimeOffset? deadline = context.Deadline == DateTime.MaxValue ? null : new DateTimeOffset(context.Deadline);
 
         ActivityContext requestSpan = span?.Context ?? default;
         var queued = new QueuedImage[images.Length];
@@ -171,6 +178,15 @@ public sealed partial class ClassifierService(
         return response;
     }
 
+    /// <summary>
+    /// Whose fair share a request counts against: the authenticated caller (API key, token subject, client certificate
+    /// identity) when there is one, so that one caller's many connections share one turn; otherwise its connection.
+    /// </summary>
+    internal static object FairShareKey(ServerCallContext context) =>
+        context.GetHttpContext().User.Identity is { IsAuthenticated: true, Name: { Length: > 0 } name } identity
+            ? $"caller:{identity.AuthenticationType}:{name}"
+            : context.Peer;
+
     /// <summary>Maps a failed request to its status, counts it and logs it: one line per failed request.</summary>
     private Status Failed(string method, string requestId, Exception exception, ServerCallContext context, long started)
     {
@@ -190,23 +206,45 @@ public sealed partial class ClassifierService(
             }
         }
 
-        // The request id, the status and what was wrong; never the request's pixels.
+        // The request id (a stream message without one: its call's), the status and what was wrong; never the pixels.
+        if (requestId.Length == 0)
+        {
+            requestId = CallId(context);
+        }
         if (GrpcErrors.IsServerFault(status.StatusCode))
         {
             LogServerFault(logger, LogText.Quote(requestId), method, status.StatusCode, exception);
         }
-        else
+        else if (logBudget.TryTake(out long skipped))
         {
-            LogRejected(logger, LogText.Quote(requestId), method, status.StatusCode, status.Detail);
+            // Refusals are the caller's doing and can come in floods: a few lines a second, the rest counted.
+            LogRejected(logger, LogText.Quote(requestId), method, status.StatusCode, status.Detail, skipped);
         }
         return status;
+    }
+
+    /// <summary>
+    /// The call's own id, Kestrel's <c>connection:stream</c> (as in its logs and <c>HttpContext.TraceIdentifier</c>):
+    /// names a request that carries no <c>request_id</c>.
+    /// </summary>
+    internal static string CallId(ServerCallContext context)
+    {
+        try
+        {
+            return context.GetHttpContext().TraceIdentifier;
+        }
+        catch (InvalidOperationException)
+        {
+            return "-";
+        }
     }
 
     [LoggerMessage(EventId = 10, Level = LogLevel.Error, Message = "Request {RequestId} ({Method}) failed: {StatusCode}")]
     private static partial void LogServerFault(ILogger logger, string requestId, string method, StatusCode statusCode, Exception exception);
 
-    [LoggerMessage(EventId = 11, Level = LogLevel.Information, Message = "Request {RequestId} ({Method}) rejected: {StatusCode} {Detail}")]
-    private static partial void LogRejected(ILogger logger, string requestId, string method, StatusCode statusCode, string detail);
+    [LoggerMessage(EventId = 11, Level = LogLevel.Information,
+        Message = "Request {RequestId} ({Method}) rejected: {StatusCode} {Detail} ({Skipped} more rejections not logged before this one)")]
+    private static partial void LogRejected(ILogger logger, string requestId, string method, StatusCode statusCode, string detail, long skipped);
 }
 
 internal static class PredictionFactory

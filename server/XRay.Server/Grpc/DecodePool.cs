@@ -1,5 +1,7 @@
+using System.Diagnostics;
 using Microsoft.Extensions.Options;
 using XRay.Model;
+using XRay.Server.Telemetry;
 
 namespace XRay.Server.Grpc;
 
@@ -12,15 +14,19 @@ public sealed class DecodePool : IDisposable
 {
     private readonly SemaphoreSlim _slots;
     private readonly long _maxPixels;
+    private readonly XRayMetrics? _metrics;
     private long _started;
     private int _waiting;
 
-    public DecodePool(IOptions<DecodingOptions> options)
+    /// <param name="metrics">Where decodes running, waiting and their wait times are reported; null: nowhere.</param>
+    public DecodePool(IOptions<DecodingOptions> options, XRayMetrics? metrics = null)
     {
         DecodingOptions decoding = options.Value;
         Concurrency = decoding.EffectiveMaxConcurrentDecodes;
         _maxPixels = decoding.MaxPixels;
         _slots = new SemaphoreSlim(Concurrency, Concurrency);
+        _metrics = metrics;
+        metrics?.ObserveDecodesFrom(() => (Running, Waiting));
     }
 
     /// <summary>Decodes that may run at once.</summary>
@@ -49,6 +55,7 @@ public sealed class DecodePool : IDisposable
     /// <summary>Runs <paramref name="decode"/> on the caller's thread once a slot is free.</summary>
     internal async Task RunAsync(Action decode, CancellationToken cancellationToken)
     {
+        long queued = Stopwatch.GetTimestamp();
         Interlocked.Increment(ref _waiting);
         try
         {
@@ -58,6 +65,7 @@ public sealed class DecodePool : IDisposable
         {
             Interlocked.Decrement(ref _waiting);
         }
+        _metrics?.DecodeWaited(Stopwatch.GetElapsedTime(queued));
 
         try
         {

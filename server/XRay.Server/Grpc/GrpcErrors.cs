@@ -16,9 +16,7 @@ internal static class GrpcErrors
         RpcException rpc => rpc.Status,
         InvalidRequestException invalid => new Status(StatusCode.InvalidArgument, invalid.Message),
         ModelNotReadyException notReady => new Status(StatusCode.Unavailable, notReady.Message),
-        BatchRejectedException { Reason: RejectionReason.QueueFull } rejected => new Status(StatusCode.ResourceExhausted, rejected.Message),
-        BatchRejectedException { Reason: RejectionReason.ShuttingDown } => new Status(StatusCode.Unavailable, "The server is shutting down."),
-        BatchRejectedException { Reason: RejectionReason.DeadlineExceeded } => new Status(StatusCode.DeadlineExceeded, "The deadline passed while the request was queued."),
+        BatchRejectedException rejected => Rejected(rejected.Reason, rejected.Message),
         OperationCanceledException when context.Deadline <= DateTime.UtcNow => new Status(StatusCode.DeadlineExceeded, "The deadline passed."),
         OperationCanceledException => new Status(StatusCode.Cancelled, "The call was cancelled."),
         BatchExecutionException => new Status(StatusCode.Internal, "The model failed to classify the batch this request ran in."),
@@ -33,11 +31,27 @@ internal static class GrpcErrors
     {
         InvalidRequestException => RejectionReasons.InvalidInput,
         ModelNotReadyException => RejectionReasons.NotReady,
-        BatchRejectedException { Reason: RejectionReason.QueueFull } => RejectionReasons.QueueFull,
-        BatchRejectedException { Reason: RejectionReason.ShuttingDown } => RejectionReasons.ShuttingDown,
-        BatchRejectedException { Reason: RejectionReason.DeadlineExceeded } => RejectionReasons.Deadline,
+        BatchRejectedException rejected => ReasonName(rejected.Reason),
         OperationCanceledException => status == StatusCode.DeadlineExceeded ? RejectionReasons.Deadline : RejectionReasons.Cancelled,
         _ => null,
+    };
+
+    /// <summary>The status of a request the batcher refused or dropped for <paramref name="reason"/>.</summary>
+    public static Status Rejected(RejectionReason reason, string message) => reason switch
+    {
+        RejectionReason.QueueFull => new Status(StatusCode.ResourceExhausted, message),
+        RejectionReason.DeadlineUnmeetable => new Status(StatusCode.ResourceExhausted, $"{message}. Retry with a longer deadline, later, or on another server."),
+        RejectionReason.DeadlineExceeded => new Status(StatusCode.DeadlineExceeded, "The deadline passed while the request was queued."),
+        _ => new Status(StatusCode.Unavailable, "The server is shutting down."),
+    };
+
+    /// <summary>The <see cref="RejectionReasons"/> value of a batcher rejection.</summary>
+    public static string ReasonName(RejectionReason reason) => reason switch
+    {
+        RejectionReason.QueueFull => RejectionReasons.QueueFull,
+        RejectionReason.DeadlineUnmeetable => RejectionReasons.DeadlineUnmeetable,
+        RejectionReason.DeadlineExceeded => RejectionReasons.Deadline,
+        _ => RejectionReasons.ShuttingDown,
     };
 
     public static ModelNotReadyException NotReady() => new();

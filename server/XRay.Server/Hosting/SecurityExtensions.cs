@@ -27,6 +27,7 @@ namespace XRay.Server.Hosting;
 public static class SecurityExtensions
 {
     public const string ApiKeyScheme = "ApiKey";
+    public const string ClientCertificateScheme = "ClientCertificate";
 
     public static IServiceCollection AddXraySecurity(this IServiceCollection services, IConfiguration configuration)
     {
@@ -49,12 +50,18 @@ public static class SecurityExtensions
             authentication.AddJwtBearer(jwt => ConfigureJwt(jwt, options.Jwt));
             schemes.Add(JwtBearerDefaults.AuthenticationScheme);
         }
+        if (options.ClientCertificates.Count > 0)
+        {
+            authentication.AddScheme<AuthenticationSchemeOptions, ClientCertificateAuthenticationHandler>(ClientCertificateScheme, null);
+            schemes.Add(ClientCertificateScheme);
+        }
 
         services.AddAuthorization(authorization =>
         {
             AuthorizationPolicy Caller(string? role) => CallerPolicy(schemes, role, options.Jwt.RoleClaims);
             authorization.AddPolicy(SecurityMethods.CallerPolicy, Caller(null));
             authorization.AddPolicy(SecurityMethods.MetricsPolicy, Caller(options.MetricsRole));
+            authorization.AddPolicy(SecurityMethods.AdminPolicy, Caller(options.AdminRole));
             foreach (string method in SecurityMethods.Classifier)
             {
                 authorization.AddPolicy(SecurityMethods.PolicyName(method), Caller(options.MethodRoles.GetValueOrDefault(method)));
@@ -99,11 +106,14 @@ public static class SecurityExtensions
     }
 
     /// <summary>Per-method policies on the Classifier endpoints when authentication is required; reflection when enabled.</summary>
-    public static IEndpointRouteBuilder MapXraySecurity(this IEndpointRouteBuilder endpoints, GrpcServiceEndpointConventionBuilder classifier)
+    public static IEndpointRouteBuilder MapXraySecurity(this IEndpointRouteBuilder endpoints, GrpcServiceEndpointConventionBuilder classifier,
+        GrpcServiceEndpointConventionBuilder admin)
     {
         SecurityOptions options = endpoints.ServiceProvider.GetRequiredService<IOptions<SecurityOptions>>().Value;
         if (options.RequireAuthentication)
         {
+            // Model swaps: on the Admin endpoint only, and with authentication on, for callers with Security:AdminRole.
+            admin.RequireAuthorization(SecurityMethods.AdminPolicy);
             classifier.Add(endpoint =>
             {
                 if (endpoint.Metadata.OfType<GrpcMethodMetadata>().FirstOrDefault() is { } grpc)
@@ -250,6 +260,30 @@ public static class SecurityExtensions
             context.Response.Headers["grpc-status"] = ((int)code).ToString(System.Globalization.CultureInfo.InvariantCulture);
             context.Response.Headers["grpc-message"] = Uri.EscapeDataString(detail);
             return Task.CompletedTask;
+        }
+    }
+
+    /// <summary>
+    /// The caller a client certificate (already validated against the client CA by the TLS handshake) stands for, by
+    /// thumbprint or subject (<see cref="SecurityOptions.ClientCertificates"/>); no result for a certificate not listed.
+    /// </summary>
+    private sealed class ClientCertificateAuthenticationHandler(
+        IOptionsMonitor<AuthenticationSchemeOptions> schemeOptions,
+        ILoggerFactory logger,
+        UrlEncoder encoder,
+        IOptions<SecurityOptions> security) : AuthenticationHandler<AuthenticationSchemeOptions>(schemeOptions, logger, encoder)
+    {
+        protected override Task<AuthenticateResult> HandleAuthenticateAsync()
+        {
+            if (Context.Connection.ClientCertificate is not { } certificate
+                || security.Value.ClientCertificates.FirstOrDefault(entry => entry.Matches(certificate)) is not { } match)
+            {
+                return Task.FromResult(AuthenticateResult.NoResult());
+            }
+            var claims = new List<Claim> { new(ClaimTypes.Name, match.Name) };
+            claims.AddRange(match.Roles.Select(role => new Claim(ClaimTypes.Role, role)));
+            var principal = new ClaimsPrincipal(new ClaimsIdentity(claims, Scheme.Name));
+            return Task.FromResult(AuthenticateResult.Success(new AuthenticationTicket(principal, Scheme.Name)));
         }
     }
 

@@ -20,6 +20,19 @@ public sealed class SecurityOptions : IValidatableObject
     /// <summary>Accepted API keys, sent as <c>x-api-key: KEY</c> or <c>authorization: ApiKey KEY</c>. Default none.</summary>
     public List<ApiKey> ApiKeys { get; set; } = [];
 
+    /// <summary>
+    /// Client certificates (mutual TLS) that identify a caller: each entry matches a certificate by <c>Thumbprint</c>
+    /// (SHA-1, hex) or <c>Subject</c> (the distinguished name, e.g. <c>CN=ward-3, O=Hospital</c>) and names the caller
+    /// and its roles. A matched certificate authenticates the call like an API key. Default none.
+    /// </summary>
+    public List<ClientCertificate> ClientCertificates { get; set; } = [];
+
+    /// <summary>
+    /// The role <c>xray.v1.ModelAdmin</c> (model swaps, on the Admin endpoint) needs when <see cref="RequireAuthentication"/>
+    /// is on. Default <c>admin</c>.
+    /// </summary>
+    public string AdminRole { get; set; } = "admin";
+
     public JwtSettings Jwt { get; set; } = new();
 
     /// <summary>
@@ -48,13 +61,24 @@ public sealed class SecurityOptions : IValidatableObject
 
     public bool ReflectionEnabled => Reflection == "on" || (Reflection == "auto" && !RequireAuthentication);
 
-    public bool AuthenticationConfigured => ApiKeys.Count > 0 || Jwt.Configured;
+    public bool AuthenticationConfigured => ApiKeys.Count > 0 || Jwt.Configured || ClientCertificates.Count > 0;
 
     public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
     {
         if ((RequireAuthentication || ProtectMetrics) && !AuthenticationConfigured)
         {
-            yield return new ValidationResult("Security: authentication is required but no ApiKeys and no Jwt are configured.");
+            yield return new ValidationResult("Security: authentication is required but no ApiKeys, no Jwt and no ClientCertificates are configured.");
+        }
+        foreach (ClientCertificate certificate in ClientCertificates)
+        {
+            if (string.IsNullOrEmpty(certificate.Name) || string.IsNullOrEmpty(certificate.Thumbprint) == string.IsNullOrEmpty(certificate.Subject))
+            {
+                yield return new ValidationResult("Security:ClientCertificates: every entry needs a Name and either a Thumbprint or a Subject.");
+            }
+        }
+        if (ClientCertificates.Count > 0 && !Tls.MutualTls)
+        {
+            yield return new ValidationResult("Security:ClientCertificates needs mutual TLS (Security:Tls:ClientCaPath or ClientCaPem).");
         }
         foreach (ApiKey key in ApiKeys)
         {
@@ -95,6 +119,25 @@ public sealed class SecurityOptions : IValidatableObject
 
         /// <summary>Roles the key grants (matched against <see cref="MethodRoles"/>).</summary>
         public List<string> Roles { get; set; } = [];
+    }
+
+    public sealed class ClientCertificate
+    {
+        /// <summary>Who holds the certificate: the caller's name (and its fair-share key).</summary>
+        public string Name { get; set; } = "";
+
+        /// <summary>SHA-1 thumbprint, hex (case and spaces ignored); or set <see cref="Subject"/>.</summary>
+        public string Thumbprint { get; set; } = "";
+
+        /// <summary>Subject distinguished name as .NET writes it (e.g. <c>CN=ward-3, O=Hospital</c>); or set <see cref="Thumbprint"/>.</summary>
+        public string Subject { get; set; } = "";
+
+        public List<string> Roles { get; set; } = [];
+
+        public bool Matches(System.Security.Cryptography.X509Certificates.X509Certificate2 certificate) =>
+            !string.IsNullOrEmpty(Thumbprint)
+                ? string.Equals(Thumbprint.Replace(" ", "", StringComparison.Ordinal).Replace(":", "", StringComparison.Ordinal), certificate.Thumbprint, StringComparison.OrdinalIgnoreCase)
+                : string.Equals(Subject, certificate.Subject, StringComparison.Ordinal);
     }
 
     public sealed class JwtSettings
@@ -146,4 +189,5 @@ public static class SecurityMethods
 
     public const string MetricsPolicy = "xray.metrics";
     public const string CallerPolicy = "xray.caller";
+    public const string AdminPolicy = "xray.admin";
 }

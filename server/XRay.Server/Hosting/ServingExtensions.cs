@@ -66,8 +66,8 @@ public static class ServingExtensions
         // The Classifier through its transport bounds and precise marshallers; health stays open for probes.
         var classifier = endpoints.MapGrpcService<ClassifierEndpoint>();
         endpoints.MapGrpcService<HealthServiceImpl>().AllowAnonymous();
-        endpoints.MapGrpcService<ModelAdminService>();
-        endpoints.MapXraySecurity(classifier);
+        var admin = endpoints.MapGrpcService<ModelAdminService>();
+        endpoints.MapXraySecurity(classifier, admin);
 
         // Plain HTTP probes for orchestrators that do not speak gRPC health (served on the HTTP/1.1 endpoint).
         endpoints.MapGet("/healthz", () => Results.Text("ok"));

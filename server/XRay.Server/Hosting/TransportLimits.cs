@@ -31,6 +31,9 @@ public static class TransportLimits
         });
 
         services.TryAddSingleton<ConnectionAdmission>();
+        services.TryAddSingleton<HeaderAdmission>();
+        // Refusal log lines: at most this many a second, shared by every kind of refusal; the metrics count them all.
+        services.TryAddSingleton(provider => new LogBudget(10, provider.GetRequiredService<TimeProvider>()));
         services.TryAddScoped<ClassifierService>();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IServiceMethodProvider<ClassifierEndpoint>, ClassifierMethodProvider>());
 
@@ -40,6 +43,17 @@ public static class TransportLimits
         services.AddSingleton<ClosingHealthService>();
         services.Replace(ServiceDescriptor.Singleton<HealthServiceImpl>(provider => provider.GetRequiredService<ClosingHealthService>()));
         return services;
+    }
+
+    /// <summary>
+    /// Refuses unary Classify calls the queue cannot take from their headers, before their message is read
+    /// (<see cref="HeaderAdmission"/>). After routing and authorization, before the frame guard.
+    /// </summary>
+    public static IApplicationBuilder UseHeaderAdmission(this IApplicationBuilder app)
+    {
+        HeaderAdmission admission = app.ApplicationServices.GetRequiredService<HeaderAdmission>();
+        return app.Use((context, next) =>
+            admission.TryRefuse(context, context.GetEndpoint()?.Metadata.GetMetadata<GrpcMethodMetadata>()) ? Task.CompletedTask : next(context));
     }
 
     /// <summary>Puts a <see cref="GrpcFrameGuard"/> in front of every gRPC call's request body. After routing, before the endpoints.</summary>

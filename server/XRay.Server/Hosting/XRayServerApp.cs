@@ -22,6 +22,7 @@ public static class XRayServerApp
         WebApplication app = builder.Build();
         app.UseRouting();
         app.UseXraySecurity();
+        app.UseHeaderAdmission();
         app.UseGrpcFrameGuard();
         app.UseXrayMetricsEndpoint();
         app.UseXrayAdminEndpoint();

@@ -38,7 +38,7 @@ public sealed partial class ModelHost(
     IHostApplicationLifetime lifetime,
     TimeProvider timeProvider,
     XRayMetrics metrics,
-    ILogger<ModelHost> logger) : IHostedService, IAsyncDisposable
+    ILogger<ModelHost> logger) : IHostedLifecycleService, IAsyncDisposable
 {
     /// <summary>The health service name clients check (the empty name means the whole server).</summary>
     public const string ServiceName = "xray.v1.Classifier";
@@ -58,9 +58,24 @@ public sealed partial class ModelHost(
     {
         SetHealth(HealthCheckResponse.Types.ServingStatus.NotServing);
         lifetime.ApplicationStopping.Register(BeginDrain);
+        return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// Starts loading once every hosted service has started, Kestrel included: a server that cannot bind its
+    /// addresses stops before it loads a model.
+    /// </summary>
+    public Task StartedAsync(CancellationToken cancellationToken)
+    {
         _loading = Task.Run(() => LoadAsync(_stopping.Token), CancellationToken.None);
         return Task.CompletedTask;
     }
+
+    public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task StoppingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
     private async Task LoadAsync(CancellationToken cancellationToken)
     {
@@ -79,9 +94,18 @@ public sealed partial class ModelHost(
         }
         catch (Exception ex)
         {
-            // Serving without a model is pointless: fail loudly and exit non-zero.
-            LogLoadFailed(logger, ex);
-            Environment.ExitCode = 1;
+            // Serving without a model is pointless: fail loudly and exit non-zero. A checkpoint that cannot be read is
+            // the user's to fix (one line, exit 3); anything else is a bug (the stack trace, exit 1).
+            if (IsUnreadableCheckpoint(ex))
+            {
+                LogCheckpointUnreadable(logger, modelOptions.Value.Path ?? "", ex.Message.TrimEnd('.'));
+                Environment.ExitCode = XRay.ExitCodes.NotFound;
+            }
+            else
+            {
+                LogLoadFailed(logger, ex);
+                Environment.ExitCode = XRay.ExitCodes.Internal;
+            }
             lifetime.StopApplication();
         }
     }
@@ -270,6 +294,12 @@ public sealed partial class ModelHost(
 
     [LoggerMessage(EventId = 6, Level = LogLevel.Information, Message = "Measured every batch size; the batcher prefers {BatchSizes} (the others run slower per image than a smaller size)")]
     private static partial void LogPreferredSizes(ILogger logger, string batchSizes);
+
+    private static bool IsUnreadableCheckpoint(Exception ex) =>
+        ex is IOException or InvalidDataException or UnauthorizedAccessException or System.Text.Json.JsonException;
+
+    [LoggerMessage(EventId = 8, Level = LogLevel.Critical, Message = "The checkpoint at '{Path}' cannot be read: {Reason}; the server stops")]
+    private static partial void LogCheckpointUnreadable(ILogger logger, string path, string reason);
 
     [LoggerMessage(EventId = 3, Level = LogLevel.Critical, Message = "The model failed to load; the server stops")]
     private static partial void LogLoadFailed(ILogger logger, Exception exception);

@@ -28,6 +28,11 @@ public sealed class XRayMetrics : IDisposable
     public const string QueueCapacityName = "xray.server.queue.capacity";
     public const string ModelInfoName = "xray.server.model.info";
     public const string ModelReadyName = "xray.server.model.ready";
+    public const string MemoryReleasesName = "xray.server.memory.releases";
+    public const string DecodesActiveName = "xray.server.decode.active";
+    public const string DecodesWaitingName = "xray.server.decode.waiting";
+    public const string DecodeWaitName = "xray.server.decode.wait_time";
+    public const string NativeMemoryName = "xray.server.memory.native";
 
     // Tag names: OpenTelemetry RPC conventions where one exists (rpc.method is the full gRPC method name,
     // rpc.response.status_code its status name, e.g. DEADLINE_EXCEEDED), xray.* otherwise.
@@ -36,6 +41,8 @@ public sealed class XRayMetrics : IDisposable
     public const string ModelTag = "xray.model.name";
     public const string ReasonTag = "xray.rejection.reason";
     public const string ErrorTypeTag = "error.type";
+    public const string MemoryReleaseReasonTag = "xray.memory.release.reason";
+    public const string MemoryStateTag = "xray.memory.state";
 
     /// <summary>Seconds: 0.5 ms to 10 s in steps of about 1.5x, fine around a small CNN's 5 ms and DenseNet's 1 s.</summary>
     public static readonly IReadOnlyList<double> DurationBuckets =
@@ -72,6 +79,10 @@ public sealed class XRayMetrics : IDisposable
     private readonly Histogram<double> _batchDuration;
     private readonly Histogram<int> _batchSize;
     private readonly Counter<long> _batches;
+    private readonly Counter<long> _memoryReleases;
+    private readonly Histogram<double> _decodeWait;
+    private Func<(int Active, int Waiting)>? _decodes;
+    private Func<IReadOnlyList<(string State, long Bytes)>>? _nativeMemory;
     private readonly Counter<long> _imagesClassified;
 
     private volatile ModelGaugeSource? _model;
@@ -127,8 +138,38 @@ public sealed class XRayMetrics : IDisposable
         _meter.CreateObservableGauge(ModelReadyName, () => _ready ? 1 : 0,
             description: "1 while the model is loaded and the server reports SERVING; 0 while loading, warming up or shutting down.");
 
+        _memoryReleases = _meter.CreateCounter<long>(
+            MemoryReleasesName, unit: "{release}",
+            description: "Times the server gave free memory back to the system: idle (a full GC and an allocator purge after a quiet period), dirty_limit (an allocator purge when its freed pages exceeded Memory:PurgeDirtyAboveMegabytes).");
+        _meter.CreateObservableGauge(NativeMemoryName, ObserveNativeMemory, unit: "By",
+            description: "The native allocator's memory (jemalloc): allocated (held by the program: tensors, decoded images), resident, dirty (freed pages kept for reuse), retained (address space kept unmapped).");
+
+        _decodeWait = _meter.CreateHistogram(
+            DecodeWaitName, unit: "s",
+            description: "Time a PNG/JPEG image waited for a slot of the decode pool (Decoding:MaxConcurrentDecodes) before decoding.",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets });
+        _meter.CreateObservableGauge(DecodesActiveName, () => _decodes?.Invoke().Active ?? 0, unit: "{decode}",
+            description: "PNG/JPEG decodes running now (at most Decoding:MaxConcurrentDecodes).");
+        _meter.CreateObservableGauge(DecodesWaitingName, () => _decodes?.Invoke().Waiting ?? 0, unit: "{decode}",
+            description: "PNG/JPEG decodes waiting for a slot of the decode pool (their images already hold room in the queue).");
         BatcherObserver = new BatchObserver(this);
     }
+
+    /// <summary>Where the decode gauges read decodes running and waiting from.</summary>
+    public void ObserveDecodesFrom(Func<(int Active, int Waiting)> source) => _decodes = source;
+
+    /// <summary>An image waited <paramref name="wait"/> for a decode slot.</summary>
+    public void DecodeWaited(TimeSpan wait) => _decodeWait.Record(wait.TotalSeconds);
+
+    /// <summary>Where <see cref="NativeMemoryName"/> reads its values (state, bytes) from; none until set.</summary>
+    public void ObserveNativeMemoryFrom(Func<IReadOnlyList<(string State, long Bytes)>> source) => _nativeMemory = source;
+
+    /// <summary>The server gave memory back; <paramref name="reason"/>: idle or dirty_limit.</summary>
+    public void MemoryReleased(string reason) =>
+        _memoryReleases.Add(1, new KeyValuePair<string, object?>(MemoryReleaseReasonTag, reason));
+
+    private IEnumerable<Measurement<long>> ObserveNativeMemory() =>
+        _nativeMemory?.Invoke().Select(m => new Measurement<long>(m.Bytes, new KeyValuePair<string, object?>(MemoryStateTag, m.State))) ?? [];
 
     /// <summary>Hook the batcher calls for every executed batch.</summary>
     public BatcherObserver BatcherObserver { get; }
@@ -145,6 +186,10 @@ public sealed class XRayMetrics : IDisposable
         foreach (string reason in RejectionReasons.All)
         {
             _rejectedRequests.Add(0, new KeyValuePair<string, object?>(ReasonTag, reason));
+        }
+        foreach (string reason in new[] { "idle", "dirty_limit" })
+        {
+            _memoryReleases.Add(0, new KeyValuePair<string, object?>(MemoryReleaseReasonTag, reason));
         }
         foreach (string method in new[] { ClassifierMethods.Classify, ClassifierMethods.ClassifyStream })
         {
@@ -273,12 +318,14 @@ public static class RejectionReasons
 {
     public const string QueueFull = "queue_full";
     public const string Deadline = "deadline";
+    /// <summary>Refused at admission: the deadline was shorter than the estimated wait in the queue.</summary>
+    public const string DeadlineUnmeetable = "deadline_unmeetable";
     public const string Cancelled = "cancelled";
     public const string InvalidInput = "invalid_input";
     public const string ShuttingDown = "shutting_down";
     public const string NotReady = "not_ready";
 
-    public static readonly IReadOnlyList<string> All = [QueueFull, Deadline, Cancelled, InvalidInput, ShuttingDown, NotReady];
+    public static readonly IReadOnlyList<string> All = [QueueFull, Deadline, DeadlineUnmeetable, Cancelled, InvalidInput, ShuttingDown, NotReady];
 }
 
 /// <summary>Full gRPC method names, the values of the <c>rpc.method</c> tag.</summary>

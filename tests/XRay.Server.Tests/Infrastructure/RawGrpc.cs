@@ -30,10 +30,10 @@ internal sealed class RawGrpc(string address) : IDisposable
     public static byte[] Frame(IMessage message) => Frame(message.ToByteArray());
 
     /// <summary>Sends <paramref name="body"/> as a whole request and returns the call's gRPC status and the response messages.</summary>
-    public Task<RawResult> CallAsync(string path, byte[] body, long? contentLength = null) =>
-        CallAsync(path, new ByteArrayContent(body), contentLength);
+    public Task<RawResult> CallAsync(string path, byte[] body, long? contentLength = null, params (string Name, string Value)[] headers) =>
+        CallAsync(path, new ByteArrayContent(body), contentLength, headers);
 
-    public async Task<RawResult> CallAsync(string path, HttpContent content, long? contentLength = null)
+    public async Task<RawResult> CallAsync(string path, HttpContent content, long? contentLength = null, params (string Name, string Value)[] headers)
     {
         content.Headers.ContentType = new MediaTypeHeaderValue("application/grpc");
         if (contentLength is { } length) content.Headers.ContentLength = length;
@@ -44,6 +44,7 @@ internal sealed class RawGrpc(string address) : IDisposable
             Content = content,
         };
         request.Headers.TryAddWithoutValidation("te", "trailers");
+        foreach (var (name, value) in headers) request.Headers.TryAddWithoutValidation(name, value);
         using HttpResponseMessage response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead).WaitAsync(TestServer.Timeout);
         byte[] body = await response.Content.ReadAsByteArrayAsync().WaitAsync(TestServer.Timeout);
         // A trailers-only response carries the status in its headers.

@@ -17,6 +17,7 @@ internal sealed class ServerProcess : IDisposable
 {
     private readonly Process _process;
     private readonly StringBuilder _output = new();
+    private readonly StringBuilder _error = new();
     private static readonly HttpClient Http = new() { Timeout = TestServer.Timeout };
 
     private ServerProcess(Process process, int port, int metricsPort)
@@ -32,9 +33,16 @@ internal sealed class ServerProcess : IDisposable
     public bool HasExited => _process.HasExited;
     public int ExitCode => _process.ExitCode;
 
+    /// <summary>Standard output and standard error, interleaved as they arrived.</summary>
     public string Output
     {
         get { lock (_output) return _output.ToString(); }
+    }
+
+    /// <summary>Standard error alone (where the server's one-line start-up errors go).</summary>
+    public string ErrorOutput
+    {
+        get { lock (_output) return _error.ToString(); }
     }
 
     /// <summary>Starts <c>xray-server</c> with <paramref name="arguments"/> after its ports.</summary>
@@ -58,15 +66,20 @@ internal sealed class ServerProcess : IDisposable
 
         var server = new ServerProcess(Process.Start(start)!, port, metricsPort);
         server._process.OutputDataReceived += (_, e) => server.Append(e.Data);
-        server._process.ErrorDataReceived += (_, e) => server.Append(e.Data);
+        server._process.ErrorDataReceived += (_, e) => server.Append(e.Data, error: true);
         server._process.BeginOutputReadLine();
         server._process.BeginErrorReadLine();
         return server;
     }
 
-    private void Append(string? line)
+    private void Append(string? line, bool error = false)
     {
-        lock (_output) _output.AppendLine(line);
+        if (line is null) return;
+        lock (_output)
+        {
+            _output.AppendLine(line);
+            if (error) _error.AppendLine(line);
+        }
     }
 
     /// <summary>Polls gRPC health until SERVING (bounded); until the process listens, calls fail with UNAVAILABLE.</summary>

@@ -9,6 +9,7 @@ using Microsoft.IdentityModel.JsonWebTokens;
 using Microsoft.IdentityModel.Tokens;
 using XRay.Client;
 using XRay.Contracts.V1;
+using XRay.Server.Model;
 using XRay.Server.Tests.Infrastructure;
 using static XRay.Server.Tests.Infrastructure.Traffic;
 
@@ -103,6 +104,84 @@ public sealed class SecurityTests
         Assert.NotEqual(StatusCode.OK, await ClassifyStatus(anonymous));
         Assert.NotEqual(StatusCode.OK, await ClassifyStatus(stranger));
         Assert.Equal(StatusCode.OK, await ClassifyStatus(member));
+    }
+
+    [Fact]
+    public async Task ClientCertificates_MappedBySubjectOrThumbprint_IdentifyTheCallerAndItsRoles()
+    {
+        using var serverCerts = new TestCertificates("server");
+        using var clientCerts = new TestCertificates("clients");
+        (string certificate, string key) = serverCerts.Server();
+        (string scannerCertificate, string scannerKey) = clientCerts.Client("scanner-7");
+        (string viewerCertificate, string viewerKey) = clientCerts.Client("viewer-2");
+        (string unlistedCertificate, string unlistedKey) = clientCerts.Client("unlisted");
+        string viewerThumbprint;
+        using (var viewerPublic = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(File.ReadAllText(viewerCertificate)))
+        {
+            viewerThumbprint = viewerPublic.Thumbprint.ToLowerInvariant();
+        }
+        await using var server = await TestServer.StartAsync(new FakeModelBackendFactory(new FakeModelBackend()), waitUntilServing: false,
+            "--Kestrel:Endpoints:Grpc:Url=https://127.0.0.1:0", $"--Security:Tls:CertificatePem={certificate}", $"--Security:Tls:KeyPem={key}",
+            $"--Security:Tls:ClientCaPath={clientCerts.AuthorityPath}", "--Security:RequireAuthentication=true",
+            "--Security:ClientCertificates:0:Name=scanner", "--Security:ClientCertificates:0:Subject=CN=scanner-7",
+            "--Security:ClientCertificates:0:Roles:0=classify",
+            "--Security:ClientCertificates:1:Name=viewer", $"--Security:ClientCertificates:1:Thumbprint={viewerThumbprint}",
+            "--Security:MethodRoles:Classify=classify");
+        XRayClassifierClient With(string path, string keyPath) => Client(server.Address, new XRayClientOptions
+        {
+            CaCertificatePath = serverCerts.AuthorityPath, ClientCertificatePath = path, ClientKeyPath = keyPath,
+        });
+        using var scanner = With(scannerCertificate, scannerKey);
+        using var viewer = With(viewerCertificate, viewerKey);
+        using var unlisted = With(unlistedCertificate, unlistedKey);
+
+        Assert.Equal(StatusCode.OK, await ClassifyStatus(scanner));
+        Assert.Equal(StatusCode.PermissionDenied, await ClassifyStatus(viewer));
+        Assert.Equal(StatusCode.OK, await ModelInfoStatus(viewer));
+        // Its certificate passes the TLS handshake (same CA), but names no caller.
+        Assert.Equal(StatusCode.Unauthenticated, await ModelInfoStatus(unlisted));
+    }
+
+    [Fact]
+    public async Task ClientCertificates_WithoutMutualTls_StopStartUpWithAMessage()
+    {
+        var error = await Assert.ThrowsAnyAsync<Exception>(() =>
+            TestServer.StartAsync(new FakeModelBackendFactory(new FakeModelBackend()), waitUntilServing: false,
+                "--Security:ClientCertificates:0:Name=scanner", "--Security:ClientCertificates:0:Subject=CN=scanner-7"));
+        Assert.Contains("Security:ClientCertificates needs mutual TLS", error.Message);
+    }
+
+    [Fact]
+    public async Task ModelAdmin_WithAuthentication_NeedsTheAdminRole()
+    {
+        const string AdminKey = "operator-0123456789abcdef";
+        var catalog = new FakeModelCatalog(new Dictionary<string, IModelBackend> { [""] = new FakeModelBackend(), ["new"] = new FakeModelBackend(name: "new") });
+        await using var server = await TestServer.StartAsync(catalog, waitUntilServing: true,
+            TestServer.AdminEndpointSetting, "--Security:RequireAuthentication=true",
+            "--Security:ApiKeys:0:Name=radiology", $"--Security:ApiKeys:0:Key={ClassifyKey}", "--Security:ApiKeys:0:Roles:0=classify",
+            "--Security:ApiKeys:1:Name=operator", $"--Security:ApiKeys:1:Key={AdminKey}", "--Security:ApiKeys:1:Roles:0=admin");
+        using var channel = GrpcChannel.ForAddress(server.AdminAddress!);
+        var admin = new ModelAdmin.ModelAdminClient(channel);
+        async Task<StatusCode> Load(string? key)
+        {
+            var headers = new Metadata();
+            if (key is not null) headers.Add("x-api-key", key);
+            try
+            {
+                await admin.LoadModelAsync(new LoadModelRequest { Path = "new" }, headers).ResponseAsync.WaitAsync(Timeout);
+                return StatusCode.OK;
+            }
+            catch (RpcException ex)
+            {
+                return ex.StatusCode;
+            }
+        }
+
+        Assert.Equal(StatusCode.Unauthenticated, await Load(null));
+        Assert.Equal(StatusCode.PermissionDenied, await Load(ClassifyKey));
+        Assert.Equal("fake", server.Host.Current!.Manifest.Name);
+        Assert.Equal(StatusCode.OK, await Load(AdminKey));
+        Assert.Equal("new", server.Host.Current!.Manifest.Name);
     }
 
     [Fact]
@@ -215,6 +294,6 @@ public sealed class SecurityTests
     {
         var error = await Assert.ThrowsAnyAsync<Exception>(() =>
             TestServer.StartAsync(new FakeModelBackendFactory(new FakeModelBackend()), waitUntilServing: false, "--Security:RequireAuthentication=true"));
-        Assert.Contains("no ApiKeys and no Jwt", error.Message);
+        Assert.Contains("no ApiKeys, no Jwt and no ClientCertificates", error.Message);
     }
 }
