@@ -250,7 +250,14 @@ internal static class CliApp
         }
 
         if (asJson) output.WriteLine(array.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        else if (served is not null) output.WriteLine($"model {served}; * = at or above threshold");
+        else if (served is not null)
+        {
+            output.WriteLine($"model {served}; * = at or above threshold");
+            if (ClinicalNotice(model!.Description) is { } notice)
+            {
+                output.WriteLine(notice);
+            }
+        }
         if (failed > 0 && inputs.Count > 1) error.WriteLine($"{failed} of {inputs.Count} files failed");
         return failed == 0 ? ExitCodes.Ok
             : unreachable > 0 ? ExitCodes.Unreachable
@@ -260,12 +267,17 @@ internal static class CliApp
 
     private static void WriteTable(TextWriter output, string path, Prediction prediction, ModelInfo model)
     {
-        string findings = prediction.Findings.Count == 0 ? "none above threshold" : string.Join(", ", prediction.Findings.Select(f => f.Name));
+        string findings = prediction.Warnings.Count > 0 ? "findings withheld"
+            : prediction.Findings.Count == 0 ? "none above threshold" : string.Join(", ", prediction.Findings.Select(f => f.Name));
         output.WriteLine($"{path}: {findings}");
+        foreach (string warning in prediction.Warnings)
+        {
+            output.WriteLine($"  warning: {warning}");
+        }
         output.WriteLine($"  {"finding",-20} {"probability",11} {"threshold",9}");
         foreach (int c in Enumerable.Range(0, model.ClassNames.Count).OrderByDescending(c => prediction.Probabilities[c]))
         {
-            string mark = prediction.Probabilities[c] >= model.Thresholds[c] ? " *" : "";
+            string mark = prediction.Warnings.Count == 0 && prediction.Probabilities[c] >= model.Thresholds[c] ? " *" : "";
             output.WriteLine($"  {model.ClassNames[c],-20} {prediction.Probabilities[c],11:F4} {model.Thresholds[c],9:F2}{mark}");
         }
         output.WriteLine($"  (batch of {prediction.Timing.BatchSize}, queued {prediction.Timing.QueueUs} us, compute {prediction.Timing.ComputeUs} us)");
@@ -287,10 +299,19 @@ internal static class CliApp
         return new JsonObject
         {
             ["findings"] = new JsonArray(prediction.Findings.Select(f => (JsonNode)f.Name).ToArray()),
+            ["warnings"] = new JsonArray(prediction.Warnings.Select(w => (JsonNode)w).ToArray()),
             ["probabilities"] = probabilities,
             ["batchSize"] = prediction.Timing.BatchSize,
             ["model"] = served,
         };
+    }
+
+    /// <summary>The description's sentences that say what the model is not for ("... not for clinical use ..."); null when it has none.</summary>
+    internal static string? ClinicalNotice(string description)
+    {
+        string[] sentences = description.Split(". ", StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        string[] notice = sentences.Where(s => s.Contains("clinical", StringComparison.OrdinalIgnoreCase)).Select(s => s.TrimEnd('.') + ".").ToArray();
+        return notice.Length == 0 ? null : string.Join(" ", notice);
     }
 
     private static string Describe(ModelInfo model) => string.Join(Environment.NewLine,

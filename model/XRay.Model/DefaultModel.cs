@@ -4,14 +4,15 @@ namespace XRay.Model;
 
 /// <summary>
 /// The server's built-in model: the checkpoint in <c>DefaultCheckpoint/</c>, embedded in this assembly: a linear head
-/// for the 14 NIH findings trained by this project's <c>xray-train train</c> (docs/model.md has the exact command) on CNTK's
-/// ImageNet ResNet-18 with a gray stem. The checkpoint holds only the head; the backbone is imported from the ONNX file
+/// for the 14 NIH findings trained by this project's <c>xray-train train</c> (docs/calibration.md has the exact commands) on
+/// CNTK's ImageNet ResNet-18 with a gray stem, on all 421 sample images, with per-class calibration and thresholds chosen
+/// on cross-validated predictions (<c>xray-train calibrate</c>). The checkpoint holds only the head; the backbone is imported from the ONNX file
 /// that the build copies beside the program (<see cref="ModelManifest.BaseWeights"/>).
 /// </summary>
 public static class DefaultModel
 {
     public const string Name = "xray-demo-resnet18-imagenet";
-    public const string Version = "2.0.0";
+    public const string Version = "3.0.0";
 
     private const string ManifestResource = "XRay.Model.DefaultCheckpoint.manifest.json";
     private const string WeightsResource = "XRay.Model.DefaultCheckpoint.weights.bin";

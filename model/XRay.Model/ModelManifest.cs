@@ -30,6 +30,15 @@ public sealed record ModelManifest
     /// <summary>Per class decision threshold on the probability; null means 0.5 for every class.</summary>
     public IReadOnlyList<float>? Thresholds { get; init; }
 
+    /// <summary>
+    /// How the thresholds were chosen, per class (rule, and what it gave on the data it was chosen on); null when the
+    /// manifest does not say.
+    /// </summary>
+    public OperatingPoints? OperatingPoints { get; init; }
+
+    /// <summary>Per-class probability calibration applied to the logits; null means the plain sigmoid.</summary>
+    public ProbabilityCalibration? Calibration { get; init; }
+
     public PreprocessingSpec Preprocessing { get; init; } = new();
 
     /// <summary>
@@ -119,6 +128,31 @@ public sealed record ModelManifest
                     throw new ArgumentException(
                         $"Manifest '{Name}': threshold for '{ClassNames[i]}' is {Thresholds[i]}; it must be a probability in [0, 1].");
                 }
+            }
+        }
+
+        if (Calibration is not null)
+        {
+            try
+            {
+                Calibration.Validate(ClassNames);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ArgumentException($"Manifest '{Name}': {e.Message}", e);
+            }
+        }
+
+        if (OperatingPoints is not null)
+        {
+            if (OperatingPoints.Classes is null || !OperatingPoints.Classes.Select(p => p?.Class).SequenceEqual(ClassNames))
+            {
+                throw new ArgumentException($"Manifest '{Name}': operatingPoints must list the classes in the manifest's order.");
+            }
+
+            if (Thresholds is null || OperatingPoints.Classes.Where((p, i) => p.Threshold != Thresholds[i]).Any())
+            {
+                throw new ArgumentException($"Manifest '{Name}': operatingPoints' thresholds differ from thresholds.");
             }
         }
 

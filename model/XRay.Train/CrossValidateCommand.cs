@@ -20,10 +20,12 @@ internal static class CrossValidateCommand
         var folds = new Option<int>("--folds") { Description = "Folds (patient-level).", DefaultValueFactory = _ => 5 };
         var report = new Option<string>("--report") { Description = "Folder for report.md, roc.png and metrics.json.", DefaultValueFactory = _ => "xray-crossval" };
         var bootstrap = new Option<int>("--bootstrap") { Description = "Bootstrap resamples for the 95% confidence intervals.", DefaultValueFactory = _ => Bootstrap.DefaultResamples };
-        var command = new Command("crossval", "k-fold patient-level cross-validation of a training recipe: pooled out-of-fold AUROC/AP with confidence intervals.")
+        var probe = new ProbeOptionSet();
+        var command = new Command("crossval", "k-fold patient-level cross-validation of a training recipe: pooled out-of-fold AUROC/AP with confidence intervals; oof.csv for calibrate.")
         {
             folds, report, bootstrap,
         };
+        probe.AddTo(command);
         var training = new TrainingOptionSet();
         training.AddTo(command);
         data.AddTo(command);
@@ -32,7 +34,7 @@ internal static class CrossValidateCommand
             var source = data.From(result) ?? throw new ArgumentException("Give the data: --nih-csv, --csv or --synthetic.");
             var (options, spec) = training.From(result);
             return Task.FromResult(Run(TrainApp.Console(output), source, options, spec, result.GetValue(folds), result.GetValue(report)!,
-                result.GetValue(bootstrap), ct));
+                result.GetValue(bootstrap), probe.From(result, options), ct));
         }));
         return command;
     }
@@ -45,12 +47,15 @@ internal static class CrossValidateCommand
         int folds,
         string reportDirectory,
         int resamples,
+        ProbeSettings probe,
         CancellationToken ct)
     {
-        using var all = source.LoadAll(spec, message => console.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
+        void Log(string message) => console.MarkupLine($"[grey]{Markup.Escape(message)}[/]");
+        using var all = source.LoadAll(spec, Log);
         var fold = source.Split.Folds(all.PatientIds, folds);
         var classes = all.ClassNames;
         var pooled = new float[all.Count * classes.Count];
+        var pooledLogits = new float[all.Count * classes.Count];
         var manifest = new ModelManifest
         {
             Name = "xray-train crossval",
@@ -61,6 +66,36 @@ internal static class CrossValidateCommand
         };
         using var normalizer = new Normalizer(spec);
         var foldMeans = new List<double>();
+        string recipe;
+        if (probe.Enabled)
+        {
+            // A linear probe: backbone features once (or from the cache), then one averaged head per fold, in seconds.
+            using var network = InitialWeights.Create(options.InitialWeights!, options.Architecture, classes, null);
+            var (trainingFeatures, plainFeatures) = LinearProbe.Features(network, all, spec, options, probe.Views, probe.Cache, Log, ct);
+            for (var k = 0; k < folds; k++)
+            {
+                var testIndices = Enumerable.Range(0, all.Count).Where(i => fold[i] == k).ToArray();
+                var trainIndices = Enumerable.Range(0, all.Count).Where(i => fold[i] != k).ToArray();
+                var labels = trainIndices.SelectMany(i => all.Labels.AsSpan(i * classes.Count, classes.Count).ToArray()).ToArray();
+                var head = LinearProbe.TrainAveraged(trainingFeatures.Subset(trainIndices), labels, classes.Count, options, probe.Seeds, ct);
+                var logits = head.Logits(plainFeatures.Subset(testIndices));
+                for (var i = 0; i < testIndices.Length; i++)
+                {
+                    Array.Copy(logits, i * classes.Count, pooledLogits, testIndices[i] * classes.Count, classes.Count);
+                }
+
+                using var test = all.Subset(testIndices);
+                var mean = Trainer.MeanDefined(Trainer.PerClassAuroc(test, logits));
+                foldMeans.Add(mean);
+                console.MarkupLine($"fold {k + 1}/{folds}: {trainIndices.Length} train, {test.Count} held-out images, mean AUROC {mean:F3}");
+            }
+
+            recipe = $"linear probe on cached backbone features, {folds} folds x {probe.Seeds.Count} seed(s) averaged " +
+                $"({options.Epochs} epochs, {(options.Augmentation.Enabled ? $"{probe.Views} augmented views" : "no augmentation")})";
+        }
+        else
+        {
+        recipe = $"{folds} networks, one per fold";
         for (var k = 0; k < folds; k++)
         {
             var testIndices = Enumerable.Range(0, all.Count).Where(i => fold[i] == k).ToArray();
@@ -71,21 +106,27 @@ internal static class CrossValidateCommand
                 OnEpoch = e => console.MarkupLine(Markup.Escape($"fold {k + 1}/{folds} epoch {e.Epoch,3}: train loss {e.TrainLoss:F4} ({e.ImagesPerSecond:F0} img/s)")),
             };
             using var trained = trainer.Train(train, null, manifest, cancellationToken: ct);
-            var probabilities = Trainer.PredictProbabilities(trained.Model.Network, test, normalizer);
+            var logits = Trainer.PredictLogits(trained.Model.Network, test, normalizer);
             for (var i = 0; i < testIndices.Length; i++)
             {
-                Array.Copy(probabilities, i * classes.Count, pooled, testIndices[i] * classes.Count, classes.Count);
+                Array.Copy(logits, i * classes.Count, pooledLogits, testIndices[i] * classes.Count, classes.Count);
             }
 
-            var mean = Trainer.MeanDefined(Trainer.PerClassAuroc(test, probabilities));
+            var mean = Trainer.MeanDefined(Trainer.PerClassAuroc(test, logits));
             foldMeans.Add(mean);
             console.MarkupLine($"fold {k + 1}/{folds}: {train.Count} train, {test.Count} held-out images, mean AUROC {mean:F3}");
+        }
+        }
+
+        for (var i = 0; i < pooled.Length; i++)
+        {
+            pooled[i] = Probabilities.Sigmoid(pooledLogits[i]);
         }
 
         var evaluation = Evaluator.Evaluate(pooled, all.Labels, classes, Enumerable.Repeat(0.5f, classes.Count).ToArray(), resamples);
         var info = new EvaluationReport.Info(
             manifest,
-            $"{folds} networks, one per fold ({options.Epochs} epochs, lr {options.LearningRate.ToString(CultureInfo.InvariantCulture)}, seed {options.Seed}, pos-weight {options.PosWeight.ToString().ToLowerInvariant()})",
+            $"{recipe} ({options.Epochs} epochs, lr {options.LearningRate.ToString(CultureInfo.InvariantCulture)}, seed {options.Seed}, pos-weight {options.PosWeight.ToString().ToLowerInvariant()})",
             source.Describe(),
             $"pooled out-of-fold predictions ({folds}-fold, patient-level, seed {source.Split.Seed})",
             $"0.5 (not calibrated); per-fold mean AUROC {string.Join(", ", foldMeans.Select(m => m.ToString("F3", CultureInfo.InvariantCulture)))}",
@@ -94,6 +135,7 @@ internal static class CrossValidateCommand
         EvaluationReport.WriteMarkdown(Path.Combine(reportDirectory, "report.md"), info, evaluation);
         EvaluationReport.WriteRocPng(Path.Combine(reportDirectory, "roc.png"), info, evaluation);
         EvaluationReport.WriteJson(Path.Combine(reportDirectory, "metrics.json"), info, evaluation);
+        new OutOfFoldPredictions(classes, all.Names, all.PatientIds, fold, pooledLogits, all.Labels).Write(Path.Combine(reportDirectory, "oof.csv"));
         var table = new Table().AddColumns("class", "n", "pos", "AUROC [[95% CI]]", "AP [[95% CI]]");
         foreach (var c in evaluation.Classes)
         {
@@ -101,7 +143,7 @@ internal static class CrossValidateCommand
         }
 
         console.Write(table);
-        console.MarkupLine($"pooled out-of-fold mean AUROC {Markup.Escape(evaluation.MeanAuroc.ToString())} on {evaluation.Images} images; report in [bold]{Markup.Escape(reportDirectory)}[/]");
+        console.MarkupLine($"pooled out-of-fold mean AUROC {Markup.Escape(evaluation.MeanAuroc.ToString())} on {evaluation.Images} images; report and oof.csv in [bold]{Markup.Escape(reportDirectory)}[/]");
         return 0;
     }
 }

@@ -22,7 +22,7 @@ internal static class EvaluateCommand
         var data = new DataOptions();
         var model = new Option<string>("--model") { Description = "Checkpoint folder, or 'default' for the built-in model.", Required = true };
         var on = new Option<string>("--on") { Description = "Which images to evaluate: test, val, train (of the patient split) or all.", DefaultValueFactory = _ => "test" };
-        var calibrate = new Option<string>("--calibrate") { Description = "Thresholds from the validation split: max-f1, youden, or none (keep the manifest's).", DefaultValueFactory = _ => "max-f1" };
+        var calibrate = new Option<string>("--calibrate") { Description = "Thresholds from the validation split: max-f1, youden, or none (the manifest's; for thresholds from cross-validation see calibrate).", DefaultValueFactory = _ => "none" };
         var writeThresholds = new Option<bool>("--write-thresholds") { Description = "Write the calibrated thresholds into the checkpoint's manifest.json." };
         var report = new Option<string>("--report") { Description = "Folder for report.md, roc.png and metrics.json.", DefaultValueFactory = _ => "xray-evaluation" };
         var precision = new Option<string>("--precision") { Description = "fp32 or bf16 (as the server would run it).", DefaultValueFactory = _ => "fp32" };
@@ -97,7 +97,13 @@ internal static class EvaluateCommand
         var options = new RunnerOptions { Device = "cpu", Precision = precision };
         using IInferenceRunner runner = InferenceRuntimes.Create(loaded, runtime, options);
         var thresholds = manifest.EffectiveThresholds.ToArray();
-        var calibration = "the manifest's thresholds";
+        var calibration = manifest.OperatingPoints is { } points
+            ? $"the manifest's: {string.Join("; ", points.Classes.Select(p => p.Rule).Distinct())}, chosen on {points.ChosenOn}"
+            : "the manifest's thresholds";
+        if (manifest.Calibration is not null)
+        {
+            calibration += "; probabilities calibrated by the manifest's Platt scaling";
+        }
         if (method is { } m)
         {
             if (sets.Validation.Count == 0)
@@ -124,11 +130,12 @@ internal static class EvaluateCommand
         EvaluationReport.WriteRocPng(Path.Combine(reportDirectory, "roc.png"), info, evaluation);
         EvaluationReport.WriteJson(Path.Combine(reportDirectory, "metrics.json"), info, evaluation);
 
-        var table = new Table().AddColumns("class", "n", "pos", "AUROC [[95% CI]]", "AP [[95% CI]]", "thr", "F1");
+        var table = new Table().AddColumns("class", "n", "pos", "AUROC [[95% CI]]", "AP [[95% CI]]", "thr", "F1", "pos. rate", "prevalence");
         foreach (var c in evaluation.Classes)
         {
             table.AddRow(Markup.Escape(c.ClassName), $"{c.Counted}", $"{c.Positives}", Markup.Escape(c.Auroc.ToString()), Markup.Escape(c.AveragePrecision.ToString()),
-                c.Threshold.ToString("F3", CultureInfo.InvariantCulture), c.AtThreshold.F1.ToString("F3", CultureInfo.InvariantCulture));
+                c.Threshold.ToString("F3", CultureInfo.InvariantCulture), c.AtThreshold.F1.ToString("F3", CultureInfo.InvariantCulture),
+                c.PositiveRate.ToString("F3", CultureInfo.InvariantCulture), c.Prevalence.ToString("F3", CultureInfo.InvariantCulture));
         }
 
         console.Write(table);
@@ -152,10 +159,14 @@ internal static class EvaluateCommand
         return 0;
     }
 
-    /// <summary>Sigmoid probabilities through <see cref="ModelRunner"/>, the serving path, in batches of 32.</summary>
+    /// <summary>
+    /// Probabilities through <see cref="ModelRunner"/>, the serving path, in batches of 32, mapped from logits by the
+    /// server's own <see cref="ProbabilityMap"/> (the manifest's calibration, or the plain sigmoid).
+    /// </summary>
     internal static async Task<float[]> PredictAsync(IInferenceRunner runner, ImageSet set, ModelManifest manifest, CancellationToken ct)
     {
         const int batchSize = 32;
+        var map = new ProbabilityMap(manifest);
         using var normalizer = new Normalizer(manifest.Preprocessing);
         var probabilities = new float[set.Count * runner.NumClasses];
         for (var start = 0; start < set.Count; start += batchSize)
@@ -170,7 +181,7 @@ internal static class EvaluateCommand
             var logits = await runner.RunAsync(input, n, ct);
             for (var i = 0; i < logits.Length; i++)
             {
-                probabilities[start * runner.NumClasses + i] = Probabilities.Sigmoid(logits[i]);
+                probabilities[start * runner.NumClasses + i] = map.Probability(i % runner.NumClasses, logits[i]);
             }
         }
 

@@ -31,13 +31,13 @@ internal static class EvaluationReport
         md.AppendLine(CultureInfo.InvariantCulture,
             $"- Brackets: 95% percentile-bootstrap confidence intervals over images ({result.Resamples} resamples).");
         md.AppendLine();
-        md.AppendLine("| class | n | positives | AUROC [95% CI] | AP [95% CI] | threshold | F1 | sensitivity | specificity |");
-        md.AppendLine("|---|---:|---:|---|---|---:|---:|---:|---:|");
+        md.AppendLine("| class | n | positives | AUROC [95% CI] | AP [95% CI] | threshold | F1 | sensitivity | specificity | positive rate | prevalence |");
+        md.AppendLine("|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|");
         foreach (var c in result.Classes)
         {
             md.AppendLine(CultureInfo.InvariantCulture,
                 $"| {c.ClassName} | {c.Counted} | {c.Positives} | {Format(c.Auroc)} | {Format(c.AveragePrecision)} | {c.Threshold:F3} | " +
-                $"{c.AtThreshold.F1:F3} | {Ratio(c.AtThreshold.Sensitivity)} | {Ratio(c.AtThreshold.Specificity)} |");
+                $"{c.AtThreshold.F1:F3} | {Ratio(c.AtThreshold.Sensitivity)} | {Ratio(c.AtThreshold.Specificity)} | {Ratio(c.PositiveRate)} | {Ratio(c.Prevalence)} |");
         }
 
         md.AppendLine();
@@ -92,6 +92,32 @@ internal static class EvaluationReport
         return (colors[index % colors.Length], patterns[index / colors.Length % patterns.Length], Markers[index % Markers.Length]);
     }
 
+    /// <summary>A reliability diagram: observed rate against mean predicted probability per bin, one series per calibration.</summary>
+    public static void WriteReliabilityPng(string path, string title, IReadOnlyList<(string Label, (IReadOnlyList<ReliabilityBin> Bins, double Ece) Result)> series)
+    {
+        EnsureFonts();
+        var plot = new Plot();
+        var diagonal = plot.Add.Line(0, 0, 1, 1);
+        diagonal.LinePattern = LinePattern.Dashed;
+        diagonal.Color = Colors.Gray;
+        diagonal.LegendText = "perfect calibration";
+        foreach (var (label, (bins, ece)) in series)
+        {
+            var filled = bins.Where(b => b.Count > 0).ToArray();
+            var line = plot.Add.Scatter(filled.Select(b => b.MeanPredicted).ToArray(), filled.Select(b => b.ObservedRate).ToArray());
+            line.LineWidth = 1.5f;
+            line.MarkerSize = 7;
+            line.LegendText = $"{label}: ECE {ece:F3}";
+        }
+
+        plot.Axes.SetLimits(0, 1, 0, 1);
+        plot.Title($"Reliability, {title}");
+        plot.XLabel("mean predicted probability (10 equal-width bins)");
+        plot.YLabel("observed rate of the finding");
+        plot.ShowLegend(Alignment.UpperLeft);
+        plot.SavePng(path, 800, 760);
+    }
+
     public static void WriteJson(string path, Info info, EvaluationResult result)
     {
         static JsonNode? N(double v) => double.IsNaN(v) ? null : JsonValue.Create(Math.Round(v, 4));
@@ -110,6 +136,8 @@ internal static class EvaluationReport
                 ["f1"] = N(c.AtThreshold.F1),
                 ["sensitivity"] = N(c.AtThreshold.Sensitivity),
                 ["specificity"] = N(c.AtThreshold.Specificity),
+                ["positiveRate"] = N(c.PositiveRate),
+                ["prevalence"] = N(c.Prevalence),
             });
         }
 

@@ -18,6 +18,7 @@ public static class TrainApp
             TrainCommand.Create(output, error, args),
             EvaluateCommand.Create(output, error),
             CrossValidateCommand.Create(output, error),
+            CalibrateCommand.Create(output, error),
             ModelIoCommands.Import(output, error),
             ModelIoCommands.ImportOnnx(output, error),
             ModelIoCommands.Export(output, error),

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Text.Json;
 using System.Text.Json.Nodes;
 using Spectre.Console;
 using XRay.Model;
@@ -25,13 +26,21 @@ internal static class TrainCommand
         };
         var training = new TrainingOptionSet();
         training.AddTo(command);
+        var probe = new ProbeOptionSet();
+        probe.AddTo(command);
         data.AddTo(command);
         command.SetAction((result, ct) => TrainApp.Guard(error, () =>
         {
             var source = data.From(result) ?? throw new ArgumentException("Give the data: --nih-csv, --csv or --synthetic.");
             var (options, spec) = training.From(result);
+            var probeSettings = probe.From(result, options);
+            if (probeSettings.Enabled && result.GetValue(resume))
+            {
+                throw new ArgumentException("--resume continues a network trained epoch by epoch; a probe on cached features has nothing to resume (use --full-network).");
+            }
+
             return Task.FromResult(Run(TrainApp.Console(output), args, source, options, spec, result.GetValue(outDir)!, result.GetValue(resume),
-                result.GetValue(name), result.GetValue(version)!, result.GetValue(description), ct));
+                result.GetValue(name), result.GetValue(version)!, result.GetValue(description), probeSettings, ct));
         }));
         return command;
     }
@@ -47,6 +56,7 @@ internal static class TrainCommand
         string? name,
         string version,
         string? description,
+        ProbeSettings probe,
         CancellationToken ct)
     {
         console.MarkupLine($"[grey]allocator: {Markup.Escape(XRay.Model.NativeAllocator.Describe())}; libtorch threads: {TorchSharp.torch.get_num_threads()}[/]");
@@ -88,6 +98,11 @@ internal static class TrainCommand
                 ["trainedAt"] = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture),
             },
         };
+
+        if (probe.Enabled)
+        {
+            return RunProbe(console, sets, options, spec, manifest, probe, outDir, ct);
+        }
 
         TrainingResult? trained = null;
         var progress = console.Progress()
@@ -135,6 +150,52 @@ internal static class TrainCommand
             (result.BestEpoch > 0 ? $"; best validation epoch {result.BestEpoch} in {Markup.Escape(Path.Combine(outDir, Trainer.BestFolder))}" : ""));
         console.MarkupLine($"next: [grey]xray-train evaluate --model {Markup.Escape(Path.Combine(outDir, Trainer.ModelFolder))} --report {Markup.Escape(Path.Combine(outDir, "report"))} --write-thresholds[/]");
         return 0;
+    }
+
+    /// <summary>A linear probe on cached backbone features: one head per seed, averaged, saved as <c>--out/model</c>.</summary>
+    private static int RunProbe(IAnsiConsole console, SplitSets sets, TrainingOptions options, PreprocessingSpec spec, ModelManifest manifest,
+        ProbeSettings probe, string outDir, CancellationToken ct)
+    {
+        void Log(string message) => console.MarkupLine($"[grey]{Markup.Escape(message)}[/]");
+        var classes = sets.Train.ClassNames;
+        var network = InitialWeights.Create(options.InitialWeights!, options.Architecture, classes, null);
+        try
+        {
+            var (trainingFeatures, _) = LinearProbe.Features(network, sets.Train, spec, options, probe.Views, probe.Cache, Log, ct);
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            var head = LinearProbe.TrainAveraged(trainingFeatures, sets.Train.Labels, classes.Count, options, probe.Seeds, ct);
+            console.MarkupLine($"{probe.Seeds.Count} head(s) trained in {watch.Elapsed.TotalSeconds:F1} s and averaged into one");
+            LinearProbe.SetHead(network, options.Architecture, head);
+            network.eval();
+            var training = manifest.Training!.DeepClone().AsObject();
+            training["options"] = JsonSerializer.SerializeToNode(options, Trainer.JsonOptions);
+            training["probe"] = new JsonObject
+            {
+                ["seeds"] = new JsonArray(probe.Seeds.Select(s => (JsonNode)s).ToArray()),
+                ["augmentedViews"] = options.Augmentation.Enabled ? probe.Views : 0,
+                ["method"] = "linear heads trained on backbone features computed once per image (and view), one per seed, averaged into one head",
+            };
+            training["trainImages"] = sets.Train.Count;
+            training["validationImages"] = sets.Validation.Count;
+            training["checkpoint"] = $"average of {probe.Seeds.Count} linear-probe head(s), each at the end of the fixed schedule";
+            var final = manifest with { Training = training };
+            if (sets.Validation.Count > 0)
+            {
+                using var normalizer = new Normalizer(spec);
+                var auroc = Trainer.PerClassAuroc(sets.Validation, Trainer.PredictLogits(network, sets.Validation, normalizer));
+                console.MarkupLine($"validation mean AUROC {Trainer.MeanDefined(auroc):F3} ({sets.Validation.Count} images)");
+            }
+
+            var modelDir = Path.Combine(outDir, Trainer.ModelFolder);
+            Checkpoint.Save(modelDir, final, network);
+            console.MarkupLine($"checkpoint: [bold]{Markup.Escape(modelDir)}[/]");
+            console.MarkupLine($"next: [grey]xray-train calibrate --predictions CROSSVAL_REPORT/oof.csv --model {Markup.Escape(modelDir)} --write[/]");
+            return 0;
+        }
+        finally
+        {
+            network.Dispose();
+        }
     }
 
     private static string Abbreviate(string name) => name.Length <= 6 ? name : name[..5] + ".";

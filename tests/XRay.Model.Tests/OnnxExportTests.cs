@@ -78,6 +78,23 @@ public sealed class OnnxExportTests
         }
     }
 
+    [Fact]
+    public void Export_CalibratedModel_ProbabilitiesAreTheManifestsCalibration_LogitsStayRaw()
+    {
+        using var plain = RandomModel(Architectures.SmallCnn, seed: 2);
+        var scalings = Classes.Select((_, c) => new PlattScaling(0.5f + c, -1f + 0.25f * c)).ToArray();
+        using var model = new LoadedModel(plain.Manifest with { Calibration = new ProbabilityCalibration { Classes = scalings } }, RandomModel(Architectures.SmallCnn, seed: 2).Network);
+        using var session = new InferenceSession(OnnxExporter.Export(model));
+        var images = Images(model.Manifest.Preprocessing, 2);
+        using var input = OrtValue.CreateTensorValueFromMemory(images, [2, 3, 224, 224]);
+        using var outputs = session.Run(new RunOptions(), [OnnxExporter.InputName], [input], [OnnxExporter.LogitsName, OnnxExporter.ProbabilitiesName]);
+        var logits = outputs[0].GetTensorDataAsSpan<float>().ToArray();
+        var probabilities = outputs[1].GetTensorDataAsSpan<float>().ToArray();
+
+        Assert.Equal(new ProbabilityMap(model.Manifest).Probabilities(logits), probabilities, (a, b) => Math.Abs(a - b) <= 1e-6f);
+        Assert.True(TestModels.MaxAbsDifference(TestModels.DirectForward(plain.Network, images, 2), logits) < 1e-4f);
+    }
+
     private static async Task AssertParityAsync(LoadedModel model)
     {
         const int batch = 3;

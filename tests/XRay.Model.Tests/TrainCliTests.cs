@@ -56,12 +56,17 @@ public class TrainCliTests
         }
 
         code = await TrainApp.RunAsync(
-            ["train", "--synthetic", "24", "--arch", "resnet18_cntk_gray", "--init", "imagenet", "--epochs", "1", "--frozen-epochs", "1",
-             "--batch-size", "8", "--out", run], output, error).WaitAsync(TimeSpan.FromMinutes(3));
+            ["train", "--synthetic", "24", "--arch", "resnet18_cntk_gray", "--init", "imagenet", "--epochs", "2", "--frozen-epochs", "2",
+             "--batch-size", "8", "--seeds", "2", "--views", "2", "--feature-cache", Path.Combine(dir.Path, "features"), "--out", run], output, error)
+            .WaitAsync(TimeSpan.FromMinutes(3));
         Assert.True(code == 0, error.ToString());
         using var trained = Checkpoint.Load(Path.Combine(run, "model"));
         Assert.Contains("fine-tuned from ResNet18.onnx", trained.Manifest.Description);
-        Assert.Equal(1, (int)trained.Manifest.Training!["options"]!["frozenEpochs"]!);
+        Assert.Equal(2, (int)trained.Manifest.Training!["options"]!["frozenEpochs"]!);
+        // A linear probe on cached features: two seeds averaged into one head, two augmented views.
+        Assert.Equal([1, 2], trained.Manifest.Training["probe"]!["seeds"]!.AsArray().Select(s => (int)s!));
+        Assert.Equal(2, (int)trained.Manifest.Training["probe"]!["augmentedViews"]!);
+        Assert.Equal(2, Directory.GetFiles(Path.Combine(dir.Path, "features"), "*.features").Length); // plain and augmented
         Assert.Equal([0f], trained.Manifest.Preprocessing.Mean);
         // A linear probe of the bundled ImageNet weights stores only its head.
         Assert.Equal(ModelManifest.BaseWeightsImageNetCntk, trained.Manifest.BaseWeights);
@@ -89,6 +94,56 @@ public class TrainCliTests
         var metrics = System.Text.Json.Nodes.JsonNode.Parse(await File.ReadAllTextAsync(Path.Combine(report, "metrics.json")))!;
         Assert.Equal(60, (int)metrics["images"]!);
         Assert.Equal(5, metrics["classes"]!.AsArray().Count);
+    }
+
+    [Fact]
+    public async Task CrossvalProbe_ThenTrainOnAll_ThenCalibrate_WritesCalibrationAndOperatingPoints_EvaluateUsesThem()
+    {
+        using var dir = new TempDirectory();
+        var cache = Path.Combine(dir.Path, "features");
+        var cv = Path.Combine(dir.Path, "cv");
+        var run = Path.Combine(dir.Path, "run");
+        var output = new StringWriter();
+        var error = new StringWriter();
+        string[] recipe = ["--synthetic", "40", "--arch", "resnet18_cntk_gray", "--init", "imagenet", "--epochs", "5", "--frozen-epochs", "5",
+            "--lr", "1e-2", "--batch-size", "8", "--no-augment", "--feature-cache", cache];
+
+        var code = await TrainApp.RunAsync(["crossval", .. recipe, "--folds", "4", "--seeds", "2", "--bootstrap", "20", "--report", cv], output, error)
+            .WaitAsync(TimeSpan.FromMinutes(3));
+        Assert.True(code == 0, error.ToString());
+        var oof = XRay.Model.Evaluation.OutOfFoldPredictions.Read(Path.Combine(cv, "oof.csv"));
+        Assert.Equal(40, oof.Count);
+        Assert.Equal([0, 1, 2, 3], oof.Folds.Distinct().Order());
+
+        // Train on every image (no validation or test split): the features come from the cache crossval filled.
+        code = await TrainApp.RunAsync(["train", .. recipe, "--seeds", "2", "--val-fraction", "0", "--test-fraction", "0", "--model-version", "3.0.0", "--out", run],
+            output, error).WaitAsync(TimeSpan.FromMinutes(3));
+        Assert.True(code == 0, error.ToString());
+        Assert.Contains("x 1 view(s) from", output.ToString());
+
+        var model = Path.Combine(run, "model");
+        var calibration = Path.Combine(dir.Path, "calibration");
+        code = await TrainApp.RunAsync(["calibrate", "--predictions", Path.Combine(cv, "oof.csv"), "--model", model, "--write",
+            "--operating-point", "sensitivity:0.5", "--report", calibration], output, error).WaitAsync(TimeSpan.FromMinutes(1));
+        Assert.True(code == 0, error.ToString());
+        Assert.Contains("ECE before", await File.ReadAllTextAsync(Path.Combine(calibration, "calibration.md")));
+        Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], (await File.ReadAllBytesAsync(Path.Combine(calibration, "reliability.png")))[..4]);
+
+        using var calibrated = Checkpoint.Load(model);
+        var manifest = calibrated.Manifest;
+        Assert.Equal(5, manifest.Calibration!.Classes.Count);
+        Assert.Equal(manifest.Thresholds, manifest.OperatingPoints!.Classes.Select(p => p.Threshold));
+        Assert.All(manifest.OperatingPoints.Classes, p => Assert.StartsWith("sensitivity >= 0.5", p.Rule));
+        Assert.All(manifest.OperatingPoints.Classes.Where(p => p.Prevalence > 0), p => Assert.True(p.Sensitivity >= 0.5));
+
+        var report = Path.Combine(dir.Path, "report");
+        code = await TrainApp.RunAsync(["evaluate", "--model", model, "--on", "all", "--bootstrap", "20", "--report", report], output, error)
+            .WaitAsync(TimeSpan.FromMinutes(3));
+        Assert.True(code == 0, error.ToString());
+        var markdown = await File.ReadAllTextAsync(Path.Combine(report, "report.md"));
+        Assert.Contains("| positive rate | prevalence |", markdown);
+        Assert.Contains("sensitivity >= 0.5", markdown);
+        Assert.Contains("calibrated by the manifest's Platt scaling", markdown);
     }
 
     [Fact]

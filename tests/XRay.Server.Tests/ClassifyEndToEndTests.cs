@@ -32,7 +32,8 @@ public sealed class ClassifyEndToEndTests : IAsyncLifetime
     private async Task<float[]> ReferenceLogitsAsync(float[] normalisedImage) =>
         await _reference.RunAsync(normalisedImage, 1).WaitAsync(TestServer.Timeout);
 
-    private static void AssertMatches(float[] expectedLogits, Prediction prediction) => Predictions.AssertMatches(expectedLogits, prediction);
+    private void AssertMatches(float[] expectedLogits, Prediction prediction) =>
+        Predictions.AssertMatches(expectedLogits, prediction, calibration: new ProbabilityMap(_reference.Manifest));
 
     [Fact]
     public async Task Classify_Uint8Grayscale_MatchesInProcessModel()

@@ -23,9 +23,12 @@ public sealed class CliTests
         string a = Path.Combine(directory, "a.png"), b = Path.Combine(directory, "b.png");
         await File.WriteAllBytesAsync(a, Images.Png(256, 256, 1));
         await File.WriteAllBytesAsync(b, Images.Png(320, 240, 2));
+        string tiny = Path.Combine(directory, "tiny.png");
+        await File.WriteAllBytesAsync(tiny, Images.Png(16, 16, 3));
 
         var json = await RunAsync("classify", a, b, "--json", "--server", server.Address);
         var table = await RunAsync("classify", a, "--server", server.Address);
+        var warned = await RunAsync("classify", tiny, "--server", server.Address);
 
         Assert.Equal(0, json.Exit);
         using var document = JsonDocument.Parse(json.Output);
@@ -34,6 +37,12 @@ public sealed class CliTests
         Assert.Equal(0, table.Exit);
         Assert.Contains($"{a}:", table.Output);
         Assert.Contains("Atelectasis", table.Output);
+        // The model's notice under the table; an image that is not a radiograph: its warning, findings withheld.
+        Assert.EndsWith("Not for clinical use." + Environment.NewLine, table.Output);
+        Assert.Equal(0, warned.Exit);
+        Assert.Contains("tiny.png: findings withheld", warned.Output);
+        Assert.Contains("warning: not a chest radiograph: 16 x 16 pixels", warned.Output);
+        Assert.DoesNotContain(warned.Output.Split('\n'), line => line.TrimEnd().EndsWith(" *", StringComparison.Ordinal));
         Directory.Delete(directory, recursive: true);
     }
 

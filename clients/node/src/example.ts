@@ -88,7 +88,9 @@ async function main(argv: string[]): Promise<number> {
     const response = await client.classifyFiles(files);
     response.predictions.forEach((prediction, i) => {
       const findings = prediction.findings.map((f) => `${f.name} ${f.probability.toFixed(3)}`);
-      console.log(`${files[i]}: ${findings.length ? findings.join(", ") : "none above threshold"}`);
+      const shown = prediction.warnings.length ? "findings withheld" : findings.length ? findings.join(", ") : "none above threshold";
+      console.log(`${files[i]}: ${shown}`);
+      for (const warning of prediction.warnings) console.log(`  warning: ${warning}`);
     });
     console.log(`model ${model.name} ${model.version} (${model.architecture})`);
     return exit.ok;

@@ -12,7 +12,14 @@ public sealed record ClassEvaluation(
     Estimate AveragePrecision,
     float Threshold,
     ConfusionCounts AtThreshold,
-    IReadOnlyList<(double Fpr, double Tpr)> RocCurve);
+    IReadOnlyList<(double Fpr, double Tpr)> RocCurve)
+{
+    /// <summary>Share of counted images at or above the threshold: set it beside <see cref="Prevalence"/> to see an absurd operating point.</summary>
+    public double PositiveRate => Counted == 0 ? double.NaN : (double)(AtThreshold.TruePositives + AtThreshold.FalsePositives) / Counted;
+
+    /// <summary>Share of counted images with the finding.</summary>
+    public double Prevalence => Counted == 0 ? double.NaN : (double)Positives / Counted;
+}
 
 /// <summary>Per-class and mean results, with percentile-bootstrap 95% confidence intervals over images.</summary>
 public sealed record EvaluationResult(IReadOnlyList<ClassEvaluation> Classes, Estimate MeanAuroc, int Images, int Resamples);

@@ -182,7 +182,14 @@ public sealed class Trainer
     }
 
     /// <summary>Sigmoid probabilities, row-major <c>N x C</c>, on the calling thread under no_grad; restores the network's mode.</summary>
-    public static float[] PredictProbabilities(nn.Module<Tensor, Tensor> network, ImageSet set, Normalizer normalizer, int batchSize = 64)
+    public static float[] PredictProbabilities(nn.Module<Tensor, Tensor> network, ImageSet set, Normalizer normalizer, int batchSize = 64) =>
+        Predict(network, set, normalizer, batchSize, sigmoid);
+
+    /// <summary>Raw logits, row-major <c>N x C</c>, as <see cref="PredictProbabilities"/>.</summary>
+    public static float[] PredictLogits(nn.Module<Tensor, Tensor> network, ImageSet set, Normalizer normalizer, int batchSize = 64) =>
+        Predict(network, set, normalizer, batchSize, x => x);
+
+    private static float[] Predict(nn.Module<Tensor, Tensor> network, ImageSet set, Normalizer normalizer, int batchSize, Func<Tensor, Tensor> map)
     {
         ArgumentNullException.ThrowIfNull(network);
         ArgumentNullException.ThrowIfNull(set);
@@ -197,7 +204,7 @@ public sealed class Trainer
             {
                 using var scope = NewDisposeScope();
                 var n = Math.Min(batchSize, set.Count - start);
-                var probabilities = sigmoid(network.call(normalizer.Apply(set.Planes.narrow(0, start, n)))).contiguous();
+                var probabilities = map(network.call(normalizer.Apply(set.Planes.narrow(0, start, n)))).contiguous();
                 MemoryMarshal.Cast<byte, float>(probabilities.bytes).CopyTo(result.AsSpan(start * set.NumClasses));
             }
 

@@ -54,12 +54,14 @@ public sealed class ImagePreprocessor
     /// the spec is 1-channel) and normalised. No colour management: stored values are used as they are.
     /// </summary>
     /// <exception cref="InvalidImageException">The bytes are not a decodable PNG or JPEG, or the image is too large.</exception>
-    public void Decode(ReadOnlySpan<byte> encoded, Span<float> destination, long maxPixels = MaxPixels)
+    /// <returns>What the decoder saw of the image as stored (size, colour), for <see cref="RadiographCheck"/>.</returns>
+    public ImageFacts Decode(ReadOnlySpan<byte> encoded, Span<float> destination, long maxPixels = MaxPixels)
     {
         CheckDestination(destination);
         var plane = destination[.._planeLength];
-        DecodeToLuma(encoded, plane, maxPixels);
+        var facts = DecodeToLuma(encoded, plane, maxPixels);
         NormalizeReplicated(plane, destination);
+        return facts;
     }
 
     /// <summary>
@@ -67,18 +69,19 @@ public sealed class ImagePreprocessor
     /// (decoded, oriented, resized, centre-cropped). Training augments this before normalising.
     /// </summary>
     /// <exception cref="InvalidImageException">The bytes are not a decodable PNG or JPEG, or the image is too large.</exception>
-    public void DecodeToLuma(ReadOnlySpan<byte> encoded, Span<float> plane, long maxPixels = MaxPixels)
+    public ImageFacts DecodeToLuma(ReadOnlySpan<byte> encoded, Span<float> plane, long maxPixels = MaxPixels)
     {
         if (plane.Length != _planeLength)
         {
             throw new ArgumentException($"The luma plane holds {plane.Length} values; CropSize x CropSize is {_planeLength}.", nameof(plane));
         }
         ArgumentOutOfRangeException.ThrowIfLessThan(maxPixels, 1);
-        var (gray, width, height) = DecodeLuma(encoded, Math.Min(maxPixels, MaxPixels), Spec.ResizeSize);
+        var (gray, width, height, facts) = DecodeLuma(encoded, Math.Min(maxPixels, MaxPixels), Spec.ResizeSize);
         try
         {
             Resampler.ResizeShorterSideAndCenterCrop(
                 gray.AsSpan(0, width * height), width, height, Spec.ResizeSize, _cropSize, plane);
+            return facts;
         }
         finally
         {
@@ -185,7 +188,7 @@ public sealed class ImagePreprocessor
     }
 
     /// <summary>Decodes to a luma plane in [0, 1], oriented for display. The array is rented: return it to the pool.</summary>
-    private static (float[] Gray, int Width, int Height) DecodeLuma(ReadOnlySpan<byte> encoded, long maxPixels, int resizeSize)
+    private static (float[] Gray, int Width, int Height, ImageFacts Facts) DecodeLuma(ReadOnlySpan<byte> encoded, long maxPixels, int resizeSize)
     {
         if (encoded.IsEmpty)
         {
@@ -207,7 +210,7 @@ public sealed class ImagePreprocessor
             try
             {
                 var (w, h) = Gray16PngDecoder.Decode(encoded, maxPixels, n => rented = PixelBuffers.Rent<float>(n));
-                return (rented!, w, h);
+                return (rented!, w, h, new ImageFacts(w, h, 0));
             }
             catch
             {
@@ -262,12 +265,15 @@ public sealed class ImagePreprocessor
             }
 
             var gray = PixelBuffers.Rent<float>(width * height);
+            long colourful = 0;
             for (var y = 0; y < height; y++)
             {
-                LumaRow(pixels.AsSpan(y * rowBytes, rowBytes), colorType, gray.AsSpan(y * width, width));
+                colourful += LumaRow(pixels.AsSpan(y * rowBytes, rowBytes), colorType, gray.AsSpan(y * width, width));
             }
 
-            return Orient(gray, width, height, codec.EncodedOrigin);
+            var oriented = Orient(gray, width, height, codec.EncodedOrigin);
+            var facts = new ImageFacts(info.Width, info.Height, (double)colourful / ((long)width * height));
+            return (oriented.Gray, oriented.Width, oriented.Height, facts);
         }
         finally
         {
@@ -300,8 +306,10 @@ public sealed class ImagePreprocessor
     /// </summary>
     private static float Luma(byte r, byte g, byte b) => (299f * r + 587f * g + 114f * b) / 255000f;
 
-    private static void LumaRow(ReadOnlySpan<byte> row, SKColorType colorType, Span<float> target)
+    /// <summary>One row to luma; returns how many of its pixels are coloured (channels apart by more than <see cref="RadiographCheck.ChannelTolerance"/>).</summary>
+    private static int LumaRow(ReadOnlySpan<byte> row, SKColorType colorType, Span<float> target)
     {
+        var colourful = 0;
         switch (colorType)
         {
             case SKColorType.Gray8:
@@ -315,13 +323,18 @@ public sealed class ImagePreprocessor
                 for (var x = 0; x < target.Length; x++)
                 {
                     var p = row.Slice(x * 4, 3);
-                    target[x] = Luma(p[0], p[1], p[2]);
+                    byte r = p[0], g = p[1], b = p[2];
+                    target[x] = Luma(r, g, b);
+                    var spread = Math.Max(r, Math.Max(g, b)) - Math.Min(r, Math.Min(g, b));
+                    colourful += spread > RadiographCheck.ChannelTolerance ? 1 : 0;
                 }
 
                 break;
             default:
                 throw new InvalidOperationException($"Unexpected decode colour type {colorType}.");
         }
+
+        return colourful;
     }
 
     /// <summary>Applies EXIF orientation (JPEG from cameras and phones), so the network sees the image as displayed.</summary>

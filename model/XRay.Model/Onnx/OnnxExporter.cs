@@ -66,12 +66,24 @@ public static class OnnxExporter
                 $"Cannot export architecture '{manifest.Architecture}'; known: {string.Join(", ", Architectures.Names)}.", nameof(model)),
         };
         graph.Rename(logits, LogitsName);
-        graph.Node("Sigmoid", [LogitsName], ProbabilitiesName);
+        if (manifest.Calibration is { } calibration)
+        {
+            // The manifest's calibration, as the server applies it: sigmoid(scale * logit + offset) per class.
+            var count = manifest.ClassNames.Count;
+            var scale = graph.Constant("calibration_scale", calibration.Classes.Select(k => k.Scale).ToArray(), [count]);
+            var offset = graph.Constant("calibration_offset", calibration.Classes.Select(k => k.Offset).ToArray(), [count]);
+            var scaled = graph.Node("Mul", [LogitsName, scale], "calibration_scaled");
+            graph.Node("Sigmoid", [graph.Node("Add", [scaled, offset], "calibration_shifted")], ProbabilitiesName);
+        }
+        else
+        {
+            graph.Node("Sigmoid", [LogitsName], ProbabilitiesName);
+        }
 
         var spec = manifest.Preprocessing;
         var g = graph.Graph;
         g.Name = manifest.Name;
-        g.DocString = $"{manifest.Name} {manifest.Version} ({manifest.Architecture}): raw logits and sigmoid probabilities per class.";
+        g.DocString = $"{manifest.Name} {manifest.Version} ({manifest.Architecture}): raw logits and (calibrated) sigmoid probabilities per class.";
         g.Input.Add(TensorValue(InputName, new Dim("batch"), new Dim(spec.Channels), new Dim(spec.CropSize), new Dim(spec.CropSize)));
         g.Output.Add(TensorValue(LogitsName, new Dim("batch"), new Dim(manifest.ClassNames.Count)));
         g.Output.Add(TensorValue(ProbabilitiesName, new Dim("batch"), new Dim(manifest.ClassNames.Count)));

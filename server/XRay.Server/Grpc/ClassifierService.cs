@@ -158,7 +158,7 @@ public sealed partial class ClassifierService(
             deadline = earlier;
         }
         using QueueReservation reservation = model.Batcher.Reserve(RequestDecoder.CountImages(request, maxImages), FairShareKey(context), deadline);
-        float[][] images = await RequestDecoder.DecodeAsync(request, model.Preprocessor, maxImages, decodePool, context.CancellationToken, model.Buffers)
+        (float[][] images, IReadOnlyList<string>[] warnings) = await RequestDecoder.DecodeAsync(request, model.Preprocessor, maxImages, decodePool, context.CancellationToken, model.Buffers)
             .ConfigureAwait(false);
         span?.SetTag(XRayTracing.ImagesTag, images.Length);
 
@@ -180,9 +180,9 @@ public sealed partial class ClassifierService(
             ModelName = model.Manifest.Name,
             ModelVersion = model.Manifest.Version,
         };
-        foreach (ItemResult<float[]> result in results)
+        for (int i = 0; i < results.Length; i++)
         {
-            response.Predictions.Add(PredictionFactory.Create(result, model.Manifest.ClassNames, model.Thresholds));
+            response.Predictions.Add(PredictionFactory.Create(results[i], model, warnings[i]));
         }
         return response;
     }
@@ -258,8 +258,15 @@ public sealed partial class ClassifierService(
 
 internal static class PredictionFactory
 {
-    public static Prediction Create(ItemResult<float[]> result, IReadOnlyList<string> classNames, IReadOnlyList<float> thresholds)
+    /// <summary>
+    /// One image's answer: raw logits, probabilities through the model's <see cref="ProbabilityMap"/> (its calibration, or
+    /// the plain sigmoid), and the findings at or above their thresholds, unless the image drew <paramref name="warnings"/>:
+    /// then the warnings are returned and the findings withheld (logits and probabilities are still given).
+    /// </summary>
+    public static Prediction Create(ItemResult<float[]> result, ServedModel model, IReadOnlyList<string> warnings)
     {
+        IReadOnlyList<string> classNames = model.Manifest.ClassNames;
+        IReadOnlyList<float> thresholds = model.Thresholds;
         var prediction = new Prediction
         {
             Timing = new Timing
@@ -276,11 +283,12 @@ internal static class PredictionFactory
             throw new RpcException(new Status(StatusCode.Internal, "The model's output for this input is not finite (NaN or infinity); it is not returned."));
         }
         prediction.Logits.Add(logits);
+        prediction.Warnings.Add(warnings);
         for (int c = 0; c < logits.Length; c++)
         {
-            float probability = XRay.Model.Probabilities.Sigmoid(logits[c]);
+            float probability = model.Probabilities.Probability(c, logits[c]);
             prediction.Probabilities.Add(probability);
-            if (probability >= thresholds[c])
+            if (warnings.Count == 0 && probability >= thresholds[c])
             {
                 prediction.Findings.Add(new Finding { Name = classNames[c], ClassIndex = c, Probability = probability, Threshold = thresholds[c] });
             }
@@ -321,6 +329,14 @@ internal static class ModelInfoFactory
         };
         info.ClassNames.Add(manifest.ClassNames);
         info.Thresholds.Add(model.Thresholds);
+        if (manifest.Calibration is not null)
+        {
+            info.Calibration.Add(model.Probabilities.Classes.Select(k => new ClassCalibration { Scale = k.Scale, Offset = k.Offset }));
+        }
+        if (manifest.OperatingPoints is { } points)
+        {
+            info.ThresholdRules.Add(points.Classes.Select(p => $"{p.Rule}, on {points.ChosenOn}"));
+        }
         info.Preprocessing.Mean.Add(preprocessing.Mean);
         info.Preprocessing.Std.Add(preprocessing.Std);
         foreach (DataType dtype in new[] { DataType.Float32, DataType.Uint8 })

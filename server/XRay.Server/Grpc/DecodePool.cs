@@ -44,8 +44,13 @@ public sealed class DecodePool : IDisposable
     /// <summary>Decodes <paramref name="encoded"/> into <paramref name="destination"/> once a slot is free.</summary>
     /// <exception cref="InvalidImageException">Not a decodable image, or larger than <see cref="DecodingOptions.MaxPixels"/>.</exception>
     /// <exception cref="OperationCanceledException">Cancelled while waiting for a slot.</exception>
-    public Task DecodeAsync(ImagePreprocessor preprocessor, ReadOnlyMemory<byte> encoded, float[] destination, CancellationToken cancellationToken) =>
-        RunAsync(() => preprocessor.Decode(encoded.Span, destination, _maxPixels), cancellationToken);
+    /// <returns>What the decoder saw of the image (size, colour), for <see cref="RadiographCheck"/>.</returns>
+    public async Task<ImageFacts> DecodeAsync(ImagePreprocessor preprocessor, ReadOnlyMemory<byte> encoded, float[] destination, CancellationToken cancellationToken)
+    {
+        ImageFacts facts = default;
+        await RunAsync(() => facts = preprocessor.Decode(encoded.Span, destination, _maxPixels), cancellationToken).ConfigureAwait(false);
+        return facts;
+    }
 
     /// <summary>Runs <paramref name="decode"/> on the caller's thread once a slot is free.</summary>
     internal async Task RunAsync(Action decode, CancellationToken cancellationToken)

@@ -34,8 +34,11 @@ internal static class RequestDecoder
         return (int)count;
     }
 
-    /// <summary>Decodes every image; encoded ones one at a time, each on the <paramref name="pool"/>.</summary>
-    public static async Task<float[][]> DecodeAsync(ClassifyRequest request, ImagePreprocessor preprocessor, int maxImages,
+    /// <summary>
+    /// Decodes every image; encoded ones one at a time, each on the <paramref name="pool"/>. <c>Warnings</c> holds, per
+    /// image, what <see cref="RadiographCheck"/> found wrong with an encoded image (empty for tensors and for images that pass).
+    /// </summary>
+    public static async Task<(float[][] Images, IReadOnlyList<string>[] Warnings)> DecodeAsync(ClassifyRequest request, ImagePreprocessor preprocessor, int maxImages,
         DecodePool pool, CancellationToken cancellationToken, ImageBuffers? buffers = null)
     {
         Func<float[]> newImage = buffers is not null && buffers.ImageLength == preprocessor.OutputLength
@@ -43,17 +46,20 @@ internal static class RequestDecoder
             : () => new float[preprocessor.OutputLength];
         return request.InputCase switch
         {
-            ClassifyRequest.InputOneofCase.Tensor => DecodeTensor(request.Tensor, preprocessor, maxImages, newImage),
+            ClassifyRequest.InputOneofCase.Tensor => WithoutWarnings(DecodeTensor(request.Tensor, preprocessor, maxImages, newImage)),
             ClassifyRequest.InputOneofCase.Encoded => await DecodeEncodedAsync(request.Encoded, preprocessor, maxImages, pool, newImage, cancellationToken).ConfigureAwait(false),
             _ => throw NoInput(),
         };
     }
 
+    private static (float[][], IReadOnlyList<string>[]) WithoutWarnings(float[][] images) =>
+        (images, Enumerable.Repeat<IReadOnlyList<string>>([], images.Length).ToArray());
+
     private static InvalidRequestException NoInput() => new("The request has no input: set tensor or encoded.");
 
     private static InvalidRequestException EmptyEncoded() => new("encoded.images is empty: send at least one PNG or JPEG image.");
 
-    private static async Task<float[][]> DecodeEncodedAsync(EncodedImages encoded, ImagePreprocessor preprocessor, int maxImages,
+    private static async Task<(float[][], IReadOnlyList<string>[])> DecodeEncodedAsync(EncodedImages encoded, ImagePreprocessor preprocessor, int maxImages,
         DecodePool pool, Func<float[]> newImage, CancellationToken cancellationToken)
     {
         int count = encoded.Images.Count;
@@ -64,19 +70,21 @@ internal static class RequestDecoder
         CheckCount(count, maxImages);
 
         var images = new float[count][];
+        var warnings = new IReadOnlyList<string>[count];
         for (int i = 0; i < count; i++)
         {
             images[i] = newImage();
             try
             {
-                await pool.DecodeAsync(preprocessor, encoded.Images[i].Memory, images[i], cancellationToken).ConfigureAwait(false);
+                ImageFacts facts = await pool.DecodeAsync(preprocessor, encoded.Images[i].Memory, images[i], cancellationToken).ConfigureAwait(false);
+                warnings[i] = RadiographCheck.Warnings(facts);
             }
             catch (InvalidImageException ex)
             {
                 throw new InvalidRequestException($"encoded.images[{i}]: {ex.Message}");
             }
         }
-        return images;
+        return (images, warnings);
     }
 
     private static float[][] DecodeTensor(Tensor tensor, ImagePreprocessor preprocessor, int maxImages, Func<float[]> newImage)

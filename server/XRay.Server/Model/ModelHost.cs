@@ -17,6 +17,9 @@ public sealed record ServedModel(
 {
     public ModelManifest Manifest => Backend.Manifest;
 
+    /// <summary>Logits to probabilities: the manifest's calibration, or the plain sigmoid. Every API answers through this.</summary>
+    public ProbabilityMap Probabilities { get; } = new(Backend.Manifest);
+
     /// <summary>What the model gauges read: this model's labels and its batcher's live counts.</summary>
     public ModelGaugeSource Gauges => new(Manifest.Name, Manifest.Version, Manifest.Architecture, Backend.Runtime, Backend.Device, Backend.Precision,
         () => Batcher.QueuedItems, Batcher.Options.MaxQueueSize, () => Batcher.RunningBatches);

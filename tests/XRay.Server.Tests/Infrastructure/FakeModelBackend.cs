@@ -26,7 +26,7 @@ internal sealed class FakeModelBackend : IModelBackend
             Version = version,
             Architecture = "fake",
             ClassNames = ChestXrayFindings.Nih14.Take(classes).ToArray(),
-            Description = "test double",
+            Description = "test double. Not for clinical use.",
         };
     }
 
