@@ -74,7 +74,7 @@ public static class OpenInference
         throw new KeyNotFoundException($"The response has no output '{name}'.");
     }
 
-    /// <summary>The response as xray.v1 reports it: one prediction per image with its logits and probabilities (no findings).</summary>
+    /// <summary>The response as xray.v1 reports it: one prediction per image with its logits, probabilities and warnings (no findings).</summary>
     public static ClassifyResponse ToClassifyResponse(ModelInferResponse response)
     {
         float[] logits = Output(response, LogitsOutput);
@@ -94,6 +94,18 @@ public static class OpenInference
             prediction.Logits.Add(logits.AsSpan(i * classes, classes).ToArray());
             prediction.Probabilities.Add(probabilities.AsSpan(i * classes, classes).ToArray());
             classified.Predictions.Add(prediction);
+        }
+        // The server's "warnings" parameter: one "INDEX: warning" line per warning.
+        if (response.Parameters.TryGetValue("warnings", out InferParameter? warnings))
+        {
+            foreach (string line in warnings.StringParam.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+            {
+                int colon = line.IndexOf(": ", StringComparison.Ordinal);
+                if (colon > 0 && int.TryParse(line.AsSpan(0, colon), out int index) && index >= 0 && index < rows)
+                {
+                    classified.Predictions[index].Warnings.Add(line[(colon + 2)..]);
+                }
+            }
         }
         return classified;
     }

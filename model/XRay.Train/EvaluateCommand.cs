@@ -91,7 +91,10 @@ internal static class EvaluateCommand
         var evaluated = part is { } p ? sets[p] : all!;
         if (evaluated.Count == 0)
         {
-            throw new ArgumentException($"The {part?.ToString().ToLowerInvariant() ?? "whole"} set is empty; change --on or the split fractions.");
+            throw new ArgumentException(
+                $"The {part?.ToString().ToLowerInvariant() ?? "whole"} set is empty; change --on or the split fractions" +
+                (part is not null ? " (a model trained on every image has no held-out set: --on all evaluates it in-sample; " +
+                    "its cross-validated figures are in docs/calibration.md)." : "."));
         }
 
         var options = new RunnerOptions { Device = "cpu", Precision = precision };

@@ -57,7 +57,7 @@ public sealed class TrainProcessTests
     {
         // The default model's manifest names its data relative to the repository's root; this runs from elsewhere.
         using var folder = new TempDirectory();
-        var (code, output, error) = await RunAsync(["evaluate", "--model", "default", "--bootstrap", "20", "--report", "report"], folder.Path);
+        var (code, output, error) = await RunAsync(["evaluate", "--model", "default", "--on", "all", "--bootstrap", "20", "--report", "report"], folder.Path);
 
         Assert.True(code == 0, $"exit {code}\n{output}\n{error}");
         // Redirected output is not a terminal: the table keeps each row on one line, wider than 80 columns.

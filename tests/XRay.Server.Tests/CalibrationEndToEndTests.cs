@@ -1,3 +1,4 @@
+using XRay.Contracts.Inference;
 using SkiaSharp;
 using XRay.Client;
 using XRay.Contracts.V1;
@@ -114,6 +115,25 @@ public sealed class CalibrationEndToEndTests : IAsyncLifetime
             Assert.Empty(flagged.Findings);
             Assert.Equal(Classes.Length, flagged.Probabilities.Count); // still computed, for whoever wants to look
         }
+    }
+
+    [Fact]
+    public async Task ModelInfer_CarriesTheSameWarnings_AsAParameter_ThatTheClientReadsBack()
+    {
+        byte[] gray = Images.Png(300, 260, seed: 3);
+        byte[] colour = ColourPng(300, 260);
+        ModelInfo info = await _server.Client.GetModelInfoAsync().WaitAsync(TestServer.Timeout);
+
+        ModelInferResponse response = await _server.Client.InferAsync(OpenInference.Encoded(info.Name, [gray, colour])).WaitAsync(TestServer.Timeout);
+
+        Assert.True(response.Parameters.TryGetValue("warnings", out InferParameter? parameter), "no warnings parameter");
+        string warnings = parameter.StringParam;
+        Assert.StartsWith("1: ", warnings, StringComparison.Ordinal);
+        Assert.Contains("colour image", warnings, StringComparison.Ordinal);
+        ClassifyResponse classified = OpenInference.ToClassifyResponse(response);
+        Assert.Empty(classified.Predictions[0].Warnings);
+        ClassifyResponse native = await _server.Client.ClassifyEncodedAsync([gray, colour]).WaitAsync(TestServer.Timeout);
+        Assert.Equal(native.Predictions[1].Warnings, classified.Predictions[1].Warnings);
     }
 
     private static byte[] ColourPng(int width, int height)

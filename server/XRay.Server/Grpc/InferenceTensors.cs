@@ -37,6 +37,7 @@ internal static class InferenceTensors
     public const string QueueUsParameter = "queue_us";
     public const string ComputeUsParameter = "compute_us";
     public const string BatchSizeParameter = "batch_size";
+    public const string WarningsParameter = "warnings";
 
     /// <summary>What a request asks for beyond its images.</summary>
     public sealed record Options(IReadOnlyList<string> Outputs, bool Raw, TimeSpan? Timeout);
@@ -225,6 +226,12 @@ internal static class InferenceTensors
             response.Parameters.Add(QueueUsParameter, new InferParameter { Int64Param = classified.Predictions.Max(p => p.Timing.QueueUs) });
             response.Parameters.Add(ComputeUsParameter, new InferParameter { Int64Param = classified.Predictions.Max(p => p.Timing.ComputeUs) });
             response.Parameters.Add(BatchSizeParameter, new InferParameter { Int64Param = classified.Predictions.Max(p => p.Timing.BatchSize) });
+        }
+        // Images not taken for chest radiographs (xray.v1's per-prediction warnings): one "INDEX: warning" line each.
+        string warnings = string.Join('\n', classified.Predictions.SelectMany((p, i) => p.Warnings.Select(w => $"{i}: {w}")));
+        if (warnings.Length > 0)
+        {
+            response.Parameters.Add(WarningsParameter, new InferParameter { StringParam = warnings });
         }
         int rows = classified.Predictions.Count;
         int classes = rows == 0 ? 0 : classified.Predictions[0].Logits.Count;
