@@ -21,16 +21,21 @@ test("getModelInfo describes the served model", limits, async () => {
   assert.ok((info.batching?.maxBatchSize ?? 0) >= 1);
 });
 
-test("classifyFloat32 returns one prediction whose probabilities are the sigmoid of its logits", limits, async () => {
+test("classifyFloat32 returns one prediction whose probabilities are the calibrated sigmoid of its logits", limits, async () => {
   // One channel: every model takes it (a 3-channel model replicates it; a gray model takes only one).
   const image = new Float32Array(side * side).map((_, i) => Math.sin(i / 1000));
+  // probability = sigmoid(scale * logit + offset) per class (ModelInfo.calibration), sigmoid(logit) without one.
+  const { calibration } = await client.getModelInfo();
 
   const response = await client.classifyFloat32(image, [1, side, side]);
 
   assert.equal(response.predictions.length, 1);
   const [prediction] = response.predictions;
   assert.equal(prediction.logits.length, 14);
-  prediction.logits.forEach((logit, c) => assert.ok(Math.abs(prediction.probabilities[c] - 1 / (1 + Math.exp(-logit))) < 1e-5));
+  prediction.logits.forEach((logit, c) => {
+    const z = calibration.length > 0 ? calibration[c].scale * logit + calibration[c].offset : logit;
+    assert.ok(Math.abs(prediction.probabilities[c] - 1 / (1 + Math.exp(-z))) < 1e-5, `class ${c}`);
+  });
   assert.ok((prediction.timing?.batchSize ?? 0) >= 1);
   assert.ok(response.modelName.length > 0);
 });
