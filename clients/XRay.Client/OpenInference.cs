@@ -147,96 +147,23 @@ public static class OpenInference
 /// One ModelStreamInfer call with many requests in flight: each <see cref="InferAsync"/> completes when the response
 /// with its id arrives (in any order); a request's error_message becomes an <see cref="RpcException"/>.
 /// </summary>
-public sealed class InferenceStreamSession : IAsyncDisposable
+public sealed class InferenceStreamSession : StreamSession<ModelInferRequest, ModelStreamInferResponse, ModelInferResponse>
 {
-    private readonly AsyncDuplexStreamingCall<ModelInferRequest, ModelStreamInferResponse> _call;
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, TaskCompletionSource<ModelInferResponse>> _pending = new();
-    private readonly SemaphoreSlim _writeLock = new(1, 1);
-    private readonly Task _reader;
-    private long _nextId;
-
     internal InferenceStreamSession(AsyncDuplexStreamingCall<ModelInferRequest, ModelStreamInferResponse> call)
+        : base(call, "id")
     {
-        _call = call;
-        _reader = ReadAllAsync();
     }
 
     /// <summary>Sends a request (an id is assigned if empty).</summary>
-    public async Task<ModelInferResponse> InferAsync(ModelInferRequest request, CancellationToken cancellationToken = default)
-    {
-        if (string.IsNullOrEmpty(request.Id))
-        {
-            request.Id = $"s{Interlocked.Increment(ref _nextId)}";
-        }
-        var completion = new TaskCompletionSource<ModelInferResponse>(TaskCreationOptions.RunContinuationsAsynchronously);
-        if (!_pending.TryAdd(request.Id, completion))
-        {
-            throw new ArgumentException($"id '{request.Id}' is already in flight on this stream.", nameof(request));
-        }
-        await _writeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
-        try
-        {
-            await _call.RequestStream.WriteAsync(request, cancellationToken).ConfigureAwait(false);
-        }
-        catch
-        {
-            _pending.TryRemove(request.Id, out _);
-            throw;
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
-        return await completion.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
-    }
+    public Task<ModelInferResponse> InferAsync(ModelInferRequest request, CancellationToken cancellationToken = default) =>
+        SendAsync(request, cancellationToken);
 
-    private async Task ReadAllAsync()
-    {
-        Exception? failure = null;
-        try
-        {
-            await foreach (ModelStreamInferResponse response in _call.ResponseStream.ReadAllAsync().ConfigureAwait(false))
-            {
-                if (response.InferResponse is not { } answer || !_pending.TryRemove(answer.Id, out var completion)) continue;
-                if (response.ErrorMessage.Length > 0)
-                {
-                    completion.TrySetException(new RpcException(OpenInference.StatusOf(response.ErrorMessage)));
-                }
-                else
-                {
-                    completion.TrySetResult(answer);
-                }
-            }
-        }
-        catch (Exception ex)
-        {
-            failure = ex;
-        }
-        failure ??= new RpcException(new Status(StatusCode.Unavailable, "The stream ended before this request was answered."));
-        foreach (var id in _pending.Keys)
-        {
-            if (_pending.TryRemove(id, out var completion)) completion.TrySetException(failure);
-        }
-    }
+    private protected override string IdOf(ModelInferRequest request) => request.Id;
 
-    /// <summary>Half-closes the stream, waits for outstanding responses, and ends the call.</summary>
-    public async ValueTask DisposeAsync()
-    {
-        await _writeLock.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            await _call.RequestStream.CompleteAsync().ConfigureAwait(false);
-        }
-        catch (Exception)
-        {
-            // The call already ended; the reader has failed what was pending.
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
-        await _reader.ConfigureAwait(false);
-        _call.Dispose();
-        _writeLock.Dispose();
-    }
+    private protected override void SetId(ModelInferRequest request, string id) => request.Id = id;
+
+    private protected override (string? Id, ModelInferResponse? Result, Exception? Error) Answer(ModelStreamInferResponse response) =>
+        response.InferResponse is not { } answer ? (null, null, null)
+        : response.ErrorMessage.Length > 0 ? (answer.Id, null, new RpcException(OpenInference.StatusOf(response.ErrorMessage)))
+        : (answer.Id, answer, null);
 }
