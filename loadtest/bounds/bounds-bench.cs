@@ -6,13 +6,18 @@
 //
 // Scenarios (each starts its own server on free loopback ports and stops it):
 //   decode    many callers send large PNGs while one caller sends 1-image tensors: server RSS, the other caller's latency
-//   overload  capacity (closed loop), then open-loop arrivals at --factor x capacity: goodput/capacity, latencies
+//   overload  warm-up, then rounds of capacity (closed loop) and open-loop arrivals at --factor x capacity:
+//             goodput / capacity per round, latencies, what the model and each side's CPU did
 //   fairness  one stream keeps --in-flight requests queued while a second connection sends 1-image unary calls
-//   sigterm   load, then SIGTERM: requests lost (accepted but never answered), time to exit, exit code
+//   sigterm   unary callers, --streams streams that keep sending (one connection) and idle streams, then SIGTERM:
+//             requests lost (accepted but never answered), time to exit, exit code
 //   soak      a mixed load at --load x capacity for --minutes: RSS over time
 // Options: --server PATH (xray-server apphost; default the Release build), --server-arg ARG (repeatable),
 //          --seconds N, --callers N, --png WxH, --images N, --factor X, --max-queue-size N, --minutes N, --load X,
-//          --in-flight N, --capacity-seconds N (decode: measure throughput before the burst).
+//          --in-flight N, --streams N (sigterm; default 6), --capacity-seconds N (decode: measure throughput before the burst),
+//          --rounds N (overload: overload phases, each between two capacity phases; default 3),
+//          --generator client|h2load (overload: this process's .NET gRPC client, or h2load from nghttp2-client, whose
+//          requests cost a shared machine far less CPU; answers are then counted from the server's metrics).
 // The server inherits this process's environment: MALLOC_CONF=... compares jemalloc settings.
 // Exit codes: 0 done, 2 bad arguments, 3 the server did not start.
 #:project ../../clients/XRay.Client/XRay.Client.csproj
@@ -76,7 +81,10 @@ sealed class BenchOptions
     public double Minutes { get; private set; } = 10;
     public double Load { get; private set; } = 0.7;
     public int InFlight { get; private set; } = 256;
+    public int Streams { get; private set; } = 6;
     public double CapacitySeconds { get; private set; }
+    public int Rounds { get; private set; } = 3;
+    public string Generator { get; private set; } = "client";
 
     public static BenchOptions? Parse(string[] args)
     {
@@ -110,7 +118,10 @@ sealed class BenchOptions
                 case "--max-queue-size": o.MaxQueueSize = int.Parse(value, CultureInfo.InvariantCulture); break;
                 case "--minutes": o.Minutes = double.Parse(value, CultureInfo.InvariantCulture); break;
                 case "--load": o.Load = double.Parse(value, CultureInfo.InvariantCulture); break;
+                case "--streams": o.Streams = int.Parse(value, CultureInfo.InvariantCulture); break;
                 case "--in-flight": o.InFlight = int.Parse(value, CultureInfo.InvariantCulture); break;
+                case "--generator" when value is "client" or "h2load": o.Generator = value; break;
+                case "--rounds": o.Rounds = int.Parse(value, CultureInfo.InvariantCulture); break;
                 case "--capacity-seconds": o.CapacitySeconds = double.Parse(value, CultureInfo.InvariantCulture); break;
                 default:
                     Console.Error.WriteLine($"error: unknown option {name}");
@@ -185,50 +196,72 @@ static class Scenarios
     {
         await using var server = await Server.StartAsync(o, ["--max-queue-size", o.MaxQueueSize.ToString(CultureInfo.InvariantCulture)]);
         using var pool = new ChannelPool(server.Address, 4);
-        // CPU seconds (server, this load generator) per answer: on a shared machine they vary less than throughput.
-        await RunClosedAsync(pool, TimeSpan.FromSeconds(3), o.MaxQueueSize);
-        double cpuStart = server.CpuSeconds();
-        var capacityRun = await RunClosedAsync(pool, TimeSpan.FromSeconds(o.Seconds / 2), o.MaxQueueSize);
-        double capacity = capacityRun.Ok / (o.Seconds / 2);
-        double cpuPerOk = (server.CpuSeconds() - cpuStart) / Math.Max(1, capacityRun.Ok);
-        double rate = capacity * o.Factor;
-        Console.WriteLine($"overload: capacity {capacity:F1} img/s (closed loop, {o.MaxQueueSize} callers); open loop at {rate:F1} req/s ({o.Factor}x) for {o.Seconds} s, MaxQueueSize={o.MaxQueueSize}");
-        var outcomes = new Outcomes();
-        var duration = TimeSpan.FromSeconds(o.Seconds);
-        var calls = new List<Task>();
-        double cpuOverload = server.CpuSeconds(), ownOverload = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
-        var clock = Stopwatch.StartNew();
-        // Goodput counts answers from the first quarter (the queue has filled by then) to the last arrival.
-        var settled = duration / 4;
-        int? okAtSettled = null;
-        int n = 0;
-        while (clock.Elapsed < duration)
+        using LoadGenerator generator = o.Generator switch
         {
-            if (clock.Elapsed >= settled) okAtSettled ??= outcomes.Ok;
-            var due = TimeSpan.FromSeconds(n / rate);
-            if (due > clock.Elapsed) await Task.Delay(due - clock.Elapsed);
-            var client = pool.Next();
-            int seed = n++;
-            calls.Add(outcomes.CallAsync(() => client.ClassifyAsync(Payloads.Tensor(seed)).ResponseAsync));
+            "h2load" => new H2loadGenerator(server),
+            _ => new ClientGenerator(pool),
+        };
+        Console.WriteLine($"overload: load from {generator.Name}; {o.Rounds} rounds of {o.Seconds} s at {o.Factor}x capacity, MaxQueueSize={o.MaxQueueSize}");
+        // Warm-up of both paths, answers and refusals, on both sides: the JIT compiles the refusal path only once
+        // refusals happen, and would otherwise do it inside the first measured overload.
+        var warmup = await generator.ClosedAsync(TimeSpan.FromSeconds(3), o.MaxQueueSize);
+        await generator.OpenAsync(warmup.Ok / warmup.Wall.TotalSeconds * o.Factor, TimeSpan.FromSeconds(5));
+        // The machine is shared and its speed drifts: capacity is measured before and after each overload round, and
+        // each round is compared with the mean of its two neighbours.
+        var capacities = new List<Phase> { await MeasureAsync(server, () => generator.ClosedAsync(TimeSpan.FromSeconds(o.Seconds / 2), o.MaxQueueSize)) };
+        var ratios = new List<double>();
+        for (int round = 1; round <= o.Rounds; round++)
+        {
+            double rate = capacities[^1].ImagesPerSecond * o.Factor;
+            var overload = await MeasureAsync(server, () => generator.OpenAsync(rate, TimeSpan.FromSeconds(o.Seconds)));
+            capacities.Add(await MeasureAsync(server, () => generator.ClosedAsync(TimeSpan.FromSeconds(o.Seconds / 2), o.MaxQueueSize)));
+            Phase before = capacities[^2], after = capacities[^1];
+            double reference = (before.ImagesPerSecond + after.ImagesPerSecond) / 2;
+            ratios.Add(overload.Run.Goodput / reference);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"round {round}: capacity {before.ImagesPerSecond:F1} -> {after.ImagesPerSecond:F1} img/s (closed loop, {o.MaxQueueSize} in flight); " +
+                $"open loop at {rate:F1} req/s ({o.Factor}x) for {o.Seconds} s"));
+            Console.WriteLine($"  offered {overload.Run.Offered:F1} req/s; {overload.Run.Counts}");
+            Console.WriteLine($"  goodput {overload.Run.Goodput:F1} img/s = {overload.Run.Goodput / reference:P1} of capacity ({reference:F1})");
+            Console.WriteLine($"  {overload.Run.Latency}");
+            Console.WriteLine($"  model, capacity before: {before.Batches.Describe(before.Run.Wall)}");
+            Console.WriteLine($"  model, overload (to the last answer): {overload.Batches.Describe(overload.Run.Wall)}");
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"  server CPU per answer: capacity before {before.ServerCpuPerOk * 1000:F1} ms, overload {overload.ServerCpuPerOk * 1000:F1} ms; " +
+                $"load generator CPU: capacity {before.GeneratorCpuShare:P0} of a core, overload {overload.GeneratorCpuShare:P0}"));
+            Console.WriteLine($"  server threads (share of one core), capacity before: {before.Threads}");
+            Console.WriteLine($"  server threads (share of one core), overload: {overload.Threads}");
         }
-        double goodput = (outcomes.Ok - (okAtSettled ?? 0)) / (clock.Elapsed - settled).TotalSeconds;
-        await Task.WhenAll(calls);
-        double serverCpu = server.CpuSeconds() - cpuOverload, ownCpu = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds - ownOverload;
-        int refused = outcomes.RejectedLatency.Count;
-        // The machine is shared: capacity measured on both sides of the overload, and their mean used.
-        double capacityAfter = await MeasureCapacityAsync(pool, TimeSpan.FromSeconds(o.Seconds / 2), concurrency: o.MaxQueueSize);
-        Console.WriteLine($"  capacity before {capacity:F1}, after {capacityAfter:F1} img/s");
-        capacity = (capacity + capacityAfter) / 2;
-        Console.WriteLine($"  offered {n / duration.TotalSeconds:F1} req/s; {outcomes}");
-        Console.WriteLine($"  goodput {goodput:F1} img/s = {goodput / capacity:P1} of capacity");
-        Console.WriteLine($"  admitted latency: {outcomes.OkLatency.Summary()}");
-        Console.WriteLine($"  rejection latency: {outcomes.RejectedLatency.Summary()}");
         Console.WriteLine($"  server-side handler time of rejections: {await server.RejectionHandlerTimesAsync()}");
-        // What the refusals cost shows as server CPU per answer above the capacity run's (same answers, plus refusals).
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"  server CPU per answer: capacity run {cpuPerOk * 1000:F1} ms, overload {serverCpu / Math.Max(1, outcomes.Ok) * 1000:F1} ms " +
-            $"({serverCpu:F1} s for {outcomes.Ok} answers and {refused} refusals); load generator CPU in the overload {ownCpu:F1} s"));
+            $"overload ({generator.Name}): goodput / capacity per round {string.Join(", ", ratios.Select(r => r.ToString("P1", CultureInfo.InvariantCulture)))}; median {Median(ratios):P1}"));
         return 0;
+    }
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted.Length == 0 ? double.NaN
+            : sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+    }
+
+    /// <summary>One measured phase: what the generator saw, what the model did, and CPU on both sides.</summary>
+    private sealed record Phase(GeneratorRun Run, BatchTotals Batches, double ServerCpuPerOk, double GeneratorCpuShare, string Threads)
+    {
+        public double ImagesPerSecond => Run.Ok / Run.Wall.TotalSeconds;
+    }
+
+    /// <summary>Measures around <paramref name="run"/>: server and generator CPU, batches, CPU by server thread.</summary>
+    private static async Task<Phase> MeasureAsync(Server server, Func<Task<GeneratorRun>> run)
+    {
+        double cpu = server.CpuSeconds(), generator = LoadGenerator.CpuSeconds();
+        var batches = await server.BatchTotalsAsync();
+        var threads = server.ThreadCpuSeconds();
+        GeneratorRun result = await run();
+        var batchDelta = await server.BatchTotalsAsync() - batches;
+        string threadDelta = Server.ThreadCpuDelta(threads, server.ThreadCpuSeconds(), result.Wall);
+        return new Phase(result, batchDelta, (server.CpuSeconds() - cpu) / Math.Max(1, result.Ok),
+            (LoadGenerator.CpuSeconds() - generator) / result.Wall.TotalSeconds, threadDelta);
     }
 
     public static async Task<int> FairnessAsync(BenchOptions o)
@@ -293,6 +326,10 @@ static class Scenarios
                 if (result is StatusCode.Unavailable) break;
             }
         }).ToArray();
+        // Streams that keep sending until the server ends them, all on one connection: a stream the server ends must
+        // not cost the others their answers.
+        using var streamChannel = Server.Channel(server.Address);
+        var streams = Enumerable.Range(0, o.Streams).Select(s => SendUntilEndedAsync(new Classifier.ClassifierClient(streamChannel), s)).ToArray();
         // Idle streams left open by careless clients.
         using var idleChannel = Server.Channel(server.Address);
         var idle = Enumerable.Range(0, 8).Select(_ => new Classifier.ClassifierClient(idleChannel).ClassifyStream()).ToList();
@@ -303,10 +340,61 @@ static class Scenarios
         double exitSeconds = clock.Elapsed.TotalSeconds;
         stop.Cancel();
         await Task.WhenAll(callers).WaitAsync(TimeSpan.FromSeconds(30));
+        StreamEnding[] ended = await Task.WhenAll(streams).WaitAsync(TimeSpan.FromSeconds(30));
         foreach (var stream in idle) stream.Dispose();
-        Console.WriteLine($"sigterm: {o.Callers} unary callers + 8 idle streams; exit {server.Process.ExitCode} after {exitSeconds:F2} s");
-        Console.WriteLine($"  {outcomes}; lost (accepted, not answered) = {outcomes.Lost}");
+        Console.WriteLine($"sigterm: {o.Callers} unary callers + {o.Streams} sending streams on one connection + 8 idle streams; exit {server.Process.ExitCode} after {exitSeconds:F2} s");
+        Console.WriteLine($"  unary: {outcomes}; lost (accepted, not answered) = {outcomes.Lost}");
+        if (ended.Length > 0)
+        {
+            // Requests a stream wrote but never had answered are lost unless the server ended the stream UNAVAILABLE,
+            // which tells the client that the rest were not read.
+            int lost = ended.Where(e => e.Status != StatusCode.Unavailable).Sum(e => e.Written - e.Answered);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"  streams: {ended.Sum(e => e.Written)} written, {ended.Sum(e => e.Answered)} answered in the stream; ended " +
+                $"{string.Join(", ", ended.GroupBy(e => e.Status).Select(g => $"{g.Key} x{g.Count()}"))}; lost = {lost}"));
+        }
         return 0;
+    }
+
+    private sealed record StreamEnding(int Written, int Answered, StatusCode Status);
+
+    /// <summary>Keeps 4 requests outstanding on one ClassifyStream until the server ends it; counts what was written and answered.</summary>
+    private static async Task<StreamEnding> SendUntilEndedAsync(Classifier.ClassifierClient client, int stream)
+    {
+        using var call = client.ClassifyStream();
+        using var window = new SemaphoreSlim(4, 4);
+        int written = 0, answered = 0;
+        Task<StatusCode> reader = Task.Run(async () =>
+        {
+            try
+            {
+                await foreach (var response in call.ResponseStream.ReadAllAsync())
+                {
+                    Interlocked.Increment(ref answered);
+                    window.Release();
+                }
+                return StatusCode.OK;
+            }
+            catch (RpcException ex)
+            {
+                return ex.StatusCode;
+            }
+        });
+        int seed = stream * 1_000_000;
+        try
+        {
+            while (!reader.IsCompleted)
+            {
+                if (await Task.WhenAny(window.WaitAsync(), reader) == reader) break;
+                await call.RequestStream.WriteAsync(Payloads.Tensor(seed++));
+                written++;
+            }
+        }
+        catch (Exception ex) when (ex is RpcException or InvalidOperationException or IOException)
+        {
+            // The server ended the call while this write was going out: it was not taken.
+        }
+        return new StreamEnding(written, Volatile.Read(ref answered), await reader);
     }
 
     public static async Task<int> SoakAsync(BenchOptions o)
@@ -367,7 +455,7 @@ static class Scenarios
         return outcomes.Ok / duration.TotalSeconds;
     }
 
-    private static async Task<Outcomes> RunClosedAsync(ChannelPool pool, TimeSpan duration, int concurrency)
+    public static async Task<Outcomes> RunClosedAsync(ChannelPool pool, TimeSpan duration, int concurrency)
     {
         var outcomes = new Outcomes();
         var stop = Stopwatch.StartNew();
@@ -390,12 +478,17 @@ static class Payloads
 {
     public const int Size = 224;
 
-    public static ClassifyRequest Tensor(int seed)
+    // 256 distinct random images, made once: the load generator shares the server's cores, so a request must cost it
+    // little more than its serialization.
+    private static readonly XRay.Contracts.V1.Tensor[] s_tensors = Enumerable.Range(0, 256).Select(seed =>
     {
         var pixels = new byte[Size * Size];
         new Random(seed).NextBytes(pixels);
-        return new ClassifyRequest { RequestId = $"t{seed}", Tensor = Tensors.UInt8(pixels, 1, Size, Size) };
-    }
+        return Tensors.UInt8(pixels, 1, Size, Size);
+    }).ToArray();
+
+    public static ClassifyRequest Tensor(int seed) =>
+        new() { RequestId = $"t{seed}", Tensor = s_tensors[(int)((uint)seed % s_tensors.Length)] };
 
     public static ClassifyRequest Encoded(IEnumerable<byte[]> images)
     {
@@ -543,6 +636,183 @@ sealed class RssSampler : IDisposable
     public void Dispose() => _stop.Cancel();
 }
 
+/// <summary>
+/// One run of a load generator: answers, counts by status, wall time, and for an open loop the goodput (answers per
+/// second from the first quarter, when the queue has filled, to the last arrival) and the offered rate.
+/// </summary>
+sealed record GeneratorRun(int Ok, string Counts, TimeSpan Wall, double Goodput, double Offered, string Latency);
+
+/// <summary>What sends the overload scenario's requests: unary Classify calls of one 1x224x224 uint8 tensor each.</summary>
+abstract class LoadGenerator : IDisposable
+{
+    public abstract string Name { get; }
+
+    /// <summary>Keeps <paramref name="concurrency"/> requests outstanding for <paramref name="duration"/>.</summary>
+    public abstract Task<GeneratorRun> ClosedAsync(TimeSpan duration, int concurrency);
+
+    /// <summary>Sends <paramref name="rate"/> requests a second for <paramref name="duration"/>, whatever the answers.</summary>
+    public abstract Task<GeneratorRun> OpenAsync(double rate, TimeSpan duration);
+
+    public virtual void Dispose()
+    {
+    }
+
+    /// <summary>CPU seconds of this process and of the child processes it has waited for (h2load), not the server's.</summary>
+    public static double CpuSeconds()
+    {
+        _ = GetRusage(-1, out Rusage children);
+        return Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds + children.Seconds;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Rusage
+    {
+        public long UserSeconds, UserMicroseconds, SystemSeconds, SystemMicroseconds;
+        // The remaining 14 counters of struct rusage, unused.
+        public long R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, R11, R12, R13;
+
+        public readonly double Seconds => UserSeconds + SystemSeconds + (UserMicroseconds + SystemMicroseconds) / 1e6;
+    }
+
+    [DllImport("libc", EntryPoint = "getrusage")]
+    private static extern int GetRusage(int who, out Rusage usage);
+}
+
+/// <summary>This process's generated gRPC client (Grpc.Net.Client), as the product's callers use it: per-call outcomes and latencies.</summary>
+sealed class ClientGenerator(ChannelPool pool) : LoadGenerator
+{
+    public override string Name => "the .NET gRPC client in this process";
+
+    public override async Task<GeneratorRun> ClosedAsync(TimeSpan duration, int concurrency)
+    {
+        var clock = Stopwatch.StartNew();
+        Outcomes outcomes = await Scenarios.RunClosedAsync(pool, duration, concurrency);
+        return new GeneratorRun(outcomes.Ok, outcomes.ToString(), clock.Elapsed, 0, 0, Latency(outcomes));
+    }
+
+    public override async Task<GeneratorRun> OpenAsync(double rate, TimeSpan duration)
+    {
+        var outcomes = new Outcomes();
+        var calls = new List<Task>();
+        var clock = Stopwatch.StartNew();
+        var settled = duration / 4;
+        int? okAtSettled = null;
+        int n = 0;
+        while (clock.Elapsed < duration)
+        {
+            if (clock.Elapsed >= settled) okAtSettled ??= outcomes.Ok;
+            var due = TimeSpan.FromSeconds(n / rate);
+            if (due > clock.Elapsed) await Task.Delay(due - clock.Elapsed);
+            var client = pool.Next();
+            int seed = n++;
+            calls.Add(outcomes.CallAsync(() => client.ClassifyAsync(Payloads.Tensor(seed)).ResponseAsync));
+        }
+        double goodput = (outcomes.Ok - (okAtSettled ?? 0)) / (clock.Elapsed - settled).TotalSeconds;
+        await Task.WhenAll(calls);
+        return new GeneratorRun(outcomes.Ok, outcomes.ToString(), clock.Elapsed, goodput, n / duration.TotalSeconds, Latency(outcomes));
+    }
+
+    private static string Latency(Outcomes outcomes) =>
+        $"admitted latency: {outcomes.OkLatency.Summary()}; rejection latency: {outcomes.RejectedLatency.Summary()}";
+}
+
+/// <summary>
+/// h2load (nghttp2-client) sending the same gRPC request body over 4 connections: a load generator written in C, so
+/// that on a machine shared with the server the load costs the server little CPU. It sees only HTTP statuses, so
+/// answers are counted from the server's metrics (Classify calls by gRPC status).
+/// </summary>
+sealed class H2loadGenerator : LoadGenerator
+{
+    private const int Connections = 4;
+    private readonly Server _server;
+    private readonly string _body = Path.GetTempFileName();
+
+    public H2loadGenerator(Server server)
+    {
+        _server = server;
+        byte[] message = Payloads.Tensor(0).ToByteArray();
+        var framed = new byte[5 + message.Length];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(framed.AsSpan(1), message.Length);
+        message.CopyTo(framed, 5);
+        File.WriteAllBytes(_body, framed);
+    }
+
+    public override string Name => "h2load";
+
+    public override async Task<GeneratorRun> ClosedAsync(TimeSpan duration, int concurrency)
+    {
+        var before = await _server.ClassifyCountsAsync();
+        var clock = Stopwatch.StartNew();
+        string output = await RunAsync(duration, Math.Max(1, concurrency / Connections), rate: null);
+        var wall = clock.Elapsed;
+        var counts = await _server.ClassifyCountsAsync() - before;
+        return new GeneratorRun((int)counts.Ok, counts.ToString(), wall, 0, 0, Summary(output));
+    }
+
+    public override async Task<GeneratorRun> OpenAsync(double rate, TimeSpan duration)
+    {
+        var before = await _server.ClassifyCountsAsync();
+        var clock = Stopwatch.StartNew();
+        Task<string> run = RunAsync(duration, streams: 100, rate);
+        var settled = duration / 4;
+        await Task.Delay(settled);
+        var atSettled = await _server.ClassifyCountsAsync();
+        var settledAt = clock.Elapsed;
+        string output = await run;
+        var wall = clock.Elapsed;
+        var end = await _server.ClassifyCountsAsync();
+        var counts = end - before;
+        double goodput = (end.Ok - atSettled.Ok) / (wall - settledAt).TotalSeconds;
+        return new GeneratorRun((int)counts.Ok, counts.ToString(), wall, goodput, (counts.Ok + counts.Refused) / duration.TotalSeconds, Summary(output));
+    }
+
+    private async Task<string> RunAsync(TimeSpan duration, int streams, double? rate)
+    {
+        var start = new ProcessStartInfo("h2load") { RedirectStandardOutput = true, RedirectStandardError = true };
+        string[] args =
+        [
+            "-c", Connections.ToString(CultureInfo.InvariantCulture), "-t", "1", "-m", streams.ToString(CultureInfo.InvariantCulture),
+            "-D", Math.Max(1, (int)Math.Round(duration.TotalSeconds)).ToString(CultureInfo.InvariantCulture),
+            "-d", _body, "-H", "content-type: application/grpc", "-H", "te: trailers",
+            .. rate is double r ? (string[])["--rps", (r / Connections).ToString("F2", CultureInfo.InvariantCulture)] : [],
+            $"{_server.Address}/xray.v1.Classifier/Classify",
+        ];
+        foreach (string a in args) start.ArgumentList.Add(a);
+        using var process = Process.Start(start) ?? throw new InvalidOperationException("could not start h2load");
+        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
+        Task<string> stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        if (process.ExitCode != 0) throw new InvalidOperationException($"h2load exited with {process.ExitCode}: {await stderr}");
+        return await stdout;
+    }
+
+    /// <summary>h2load's request counts and its request times (it sees every gRPC status as HTTP 200).</summary>
+    private static string Summary(string output) => "h2load: " + string.Join("; ", output.Split('\n')
+        .Where(l => l.StartsWith("requests:", StringComparison.Ordinal) || l.StartsWith("time for request:", StringComparison.Ordinal))
+        .Select(l => string.Join(' ', l.Split(' ', StringSplitOptions.RemoveEmptyEntries))));
+
+    public override void Dispose() => File.Delete(_body);
+}
+
+/// <summary>Classify calls answered OK and refused RESOURCE_EXHAUSTED, from the server's request-duration counts.</summary>
+readonly record struct ClassifyCounts(double Ok, double Refused)
+{
+    public static ClassifyCounts operator -(ClassifyCounts a, ClassifyCounts b) => new(a.Ok - b.Ok, a.Refused - b.Refused);
+
+    public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"OK {Ok:F0}, RESOURCE_EXHAUSTED {Refused:F0} (server's counts)");
+}
+
+/// <summary>Cumulative batch counters; the difference of two is one phase of a run.</summary>
+readonly record struct BatchTotals(double Batches, double Images, double ComputeSeconds)
+{
+    public static BatchTotals operator -(BatchTotals a, BatchTotals b) =>
+        new(a.Batches - b.Batches, a.Images - b.Images, a.ComputeSeconds - b.ComputeSeconds);
+
+    /// <summary>Mean batch size, compute per image, and the share of <paramref name="wall"/> the model was computing.</summary>
+    public string Describe(TimeSpan wall) => string.Create(CultureInfo.InvariantCulture,
+        $"{Batches:F0} batches of {Images / Math.Max(1, Batches):F1} images, {ComputeSeconds * 1000 / Math.Max(1, Images):F1} ms compute per image, model busy {ComputeSeconds / wall.TotalSeconds:P0} of {wall.TotalSeconds:F1} s");
+}
+
 sealed class ServerStartException(string message) : Exception(message);
 
 sealed class Server : IAsyncDisposable
@@ -600,6 +870,30 @@ sealed class Server : IAsyncDisposable
         return string.Create(CultureInfo.InvariantCulture,
             $"native allocated {N("allocated")} dirty {N("dirty")} resident {N("resident")} MB, GC heap {Scenarios.Mb((long)Sum("dotnet_gc_last_collection_heap_size_bytes"))} MB, " +
             $"releases idle {Sum("xray_server_memory_releases_total", "idle"):F0} dirty_limit {Sum("xray_server_memory_releases_total", "dirty_limit"):F0}");
+    }
+
+    /// <summary>Classify calls so far by outcome, from the server's metrics.</summary>
+    public async Task<ClassifyCounts> ClassifyCountsAsync()
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+        string[] lines = (await http.GetStringAsync($"{MetricsAddress}/metrics")).Split('\n');
+        double Sum(string status) => lines
+            .Where(l => l.StartsWith("xray_server_request_duration_seconds_count{", StringComparison.Ordinal)
+                && l.Contains("rpc_method=\"xray.v1.Classifier/Classify\"", StringComparison.Ordinal)
+                && l.Contains($"rpc_response_status_code=\"{status}\"", StringComparison.Ordinal))
+            .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
+        return new ClassifyCounts(Sum("OK"), Sum("RESOURCE_EXHAUSTED"));
+    }
+
+    /// <summary>The model's batches so far, from the server's metrics: how many, their images, and compute seconds.</summary>
+    public async Task<BatchTotals> BatchTotalsAsync()
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+        string[] lines = (await http.GetStringAsync($"{MetricsAddress}/metrics")).Split('\n');
+        double Sum(string name) => lines
+            .Where(l => l.StartsWith(name, StringComparison.Ordinal) && l.Length > name.Length && l[name.Length] is '{' or ' ')
+            .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
+        return new BatchTotals(Sum("xray_server_batch_size_count"), Sum("xray_server_batch_size_sum"), Sum("xray_server_batch_duration_seconds_sum"));
     }
 
     public Process Process { get; }
@@ -678,6 +972,39 @@ sealed class Server : IAsyncDisposable
             return 0;
         }
     }
+
+    /// <summary>CPU seconds by thread name (inference, thread pool, GC, ...), from /proc: where the server's time goes.</summary>
+    public Dictionary<string, double> ThreadCpuSeconds()
+    {
+        var byName = new Dictionary<string, double>();
+        try
+        {
+            foreach (string task in Directory.EnumerateDirectories($"/proc/{Process.Id}/task"))
+            {
+                try
+                {
+                    string stat = File.ReadAllText(Path.Combine(task, "stat"));
+                    string name = stat[(stat.IndexOf('(') + 1)..stat.LastIndexOf(')')];
+                    string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                    double seconds = (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) / 100.0;
+                    byName[name] = byName.GetValueOrDefault(name) + seconds;
+                }
+                catch (IOException)
+                {
+                }
+            }
+        }
+        catch (IOException)
+        {
+        }
+        return byName;
+    }
+
+    /// <summary>The CPU seconds each thread name used between two <see cref="ThreadCpuSeconds"/> samples, largest first.</summary>
+    public static string ThreadCpuDelta(Dictionary<string, double> before, Dictionary<string, double> after, TimeSpan wall) =>
+        string.Join(", ", after.Select(a => (a.Key, Seconds: a.Value - before.GetValueOrDefault(a.Key)))
+            .Where(d => d.Seconds >= 0.05).OrderByDescending(d => d.Seconds)
+            .Select(d => string.Create(CultureInfo.InvariantCulture, $"{d.Key.Trim()} {d.Seconds / wall.TotalSeconds:P0}")));
 
     public void Signal(int signal) => _ = Kill(Process.Id, signal);
 
