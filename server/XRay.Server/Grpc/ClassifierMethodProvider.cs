@@ -10,9 +10,9 @@ namespace XRay.Server.Grpc;
 /// Binds <c>xray.v1.Classifier</c> to <see cref="ClassifierEndpoint"/> with its own marshallers. grpc-dotnet parses a
 /// unary request before any interceptor runs and reports a parse failure as UNKNOWN with an error-level stack trace;
 /// these marshallers refuse a message that does not parse, or whose request_id is too long, with INVALID_ARGUMENT and
-/// one warning line, before the service sees it.
+/// one warning line (<see cref="MalformedCallLog"/>), before the service sees it.
 /// </summary>
-internal sealed partial class ClassifierMethodProvider(IOptions<TransportOptions> transport, ILogger<ClassifierMethodProvider> logger)
+internal sealed class ClassifierMethodProvider(IOptions<TransportOptions> transport, MalformedCallLog malformed)
     : IServiceMethodProvider<ClassifierEndpoint>
 {
     private static readonly string ServiceName = Classifier.Descriptor.FullName;
@@ -61,7 +61,7 @@ internal sealed partial class ClassifierMethodProvider(IOptions<TransportOptions
 
     private RpcException Refuse(string method, StatusCode code, string detail)
     {
-        LogMalformed(logger, ServiceName, method, code, detail);
+        malformed.Write(ServiceName, method, code, detail);
         return new RpcException(new Status(code, detail));
     }
 
@@ -71,8 +71,4 @@ internal sealed partial class ClassifierMethodProvider(IOptions<TransportOptions
         message.WriteTo(context.GetBufferWriter());
         context.Complete();
     }
-
-    /// <summary>One warning per malformed call; grpc-dotnet's own logging of it stays below warning.</summary>
-    [LoggerMessage(EventId = 20, Level = LogLevel.Warning, Message = "Malformed call to {Service}/{Method}: {StatusCode} {Detail}")]
-    public static partial void LogMalformed(ILogger logger, string service, string method, StatusCode statusCode, string detail);
 }

@@ -12,7 +12,7 @@ namespace XRay.Server.Grpc;
 /// (<see cref="ClassifierMethodProvider"/>), refuse a message that does not parse, or whose <c>id</c> is longer than
 /// Transport:MaxRequestIdLength, with INVALID_ARGUMENT and one warning line, before the service sees it.
 /// </summary>
-internal sealed class InferenceMethodProvider(IOptions<TransportOptions> transport, ILogger<InferenceMethodProvider> logger)
+internal sealed class InferenceMethodProvider(IOptions<TransportOptions> transport, MalformedCallLog malformed)
     : IServiceMethodProvider<InferenceEndpoint>
 {
     private static readonly string ServiceName = GRPCInferenceService.Descriptor.FullName;
@@ -74,7 +74,7 @@ internal sealed class InferenceMethodProvider(IOptions<TransportOptions> transpo
 
     private RpcException Refuse(string method, string detail)
     {
-        ClassifierMethodProvider.LogMalformed(logger, ServiceName, method, StatusCode.InvalidArgument, detail);
+        malformed.Write(ServiceName, method, StatusCode.InvalidArgument, detail);
         return new RpcException(new Status(StatusCode.InvalidArgument, detail));
     }
 

@@ -34,6 +34,7 @@ public static class TransportLimits
         services.TryAddSingleton<HeaderAdmission>();
         // Refusal log lines: at most this many a second, shared by every kind of refusal; the metrics count them all.
         services.TryAddSingleton(provider => new LogBudget(10, provider.GetRequiredService<TimeProvider>()));
+        services.TryAddSingleton<MalformedCallLog>();
         services.TryAddScoped<ClassifierService>();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IServiceMethodProvider<ClassifierEndpoint>, ClassifierMethodProvider>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IServiceMethodProvider<InferenceEndpoint>, InferenceMethodProvider>());
@@ -60,7 +61,7 @@ public static class TransportLimits
     /// <summary>Puts a <see cref="GrpcFrameGuard"/> in front of every gRPC call's request body. After routing, before the endpoints.</summary>
     public static IApplicationBuilder UseGrpcFrameGuard(this IApplicationBuilder app)
     {
-        ILogger logger = app.ApplicationServices.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(GrpcFrameGuard));
+        MalformedCallLog malformed = app.ApplicationServices.GetRequiredService<MalformedCallLog>();
         var serving = app.ApplicationServices.GetRequiredService<IOptions<ServingOptions>>().Value;
         var transport = app.ApplicationServices.GetRequiredService<IOptions<TransportOptions>>().Value;
         TimeProvider time = app.ApplicationServices.GetRequiredService<TimeProvider>();
@@ -71,7 +72,7 @@ public static class TransportLimits
                 var method = grpc.Method;
                 var guard = new GrpcFrameGuard(context.Request.BodyReader, serving.MaxReceiveMessageBytes, transport.MessageReadTimeout,
                     singleMessage: method.Type is MethodType.Unary or MethodType.ServerStreaming, time,
-                    (code, detail) => ClassifierMethodProvider.LogMalformed(logger, method.ServiceName, method.Name, code, detail));
+                    (code, detail) => malformed.Write(method.ServiceName, method.Name, code, detail));
                 context.Features.Set<IRequestBodyPipeFeature>(new GuardedBody(guard));
             }
             return next(context);

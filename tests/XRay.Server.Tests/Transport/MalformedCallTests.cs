@@ -1,9 +1,12 @@
 using Google.Protobuf;
 using Grpc.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Testing;
 using XRay.Client;
 using XRay.Contracts.V1;
+using XRay.Server.Grpc;
 using XRay.Server.Tests.Infrastructure;
 
 namespace XRay.Server.Tests.Transport;
@@ -27,6 +30,8 @@ public sealed class MalformedCallTests(MalformedCallTests.Server fixture) : ICla
             {
                 builder.Logging.AddFakeLogging();
                 builder.Logging.SetMinimumLevel(LogLevel.Information);
+                // Every case's line is checked: a budget no case here can exhaust (MalformedCallLogTests checks the cap).
+                builder.Services.Replace(ServiceDescriptor.Singleton(new LogBudget(10_000, TimeProvider.System)));
             }, waitUntilServing: true, $"--Serving:MaxReceiveMessageBytes={MaxMessageBytes}", "--Transport:MaxRequestIdLength=64");
 
         public Task DisposeAsync() => Instance.DisposeAsync().AsTask();
