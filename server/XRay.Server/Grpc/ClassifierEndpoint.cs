@@ -52,7 +52,10 @@ public sealed partial class ClassifierEndpoint(
         var shares = new StreamShare(admission, connection);
         var writer = new ReleasingWriter(responseStream, shares);
         var reader = new AdmittingReader(requestStream, shares, closer, request => RefuseAsync(request, writer, context.CancellationToken));
-        using StreamCloser.Ticket open = closer.Track(connection);
+        // Counted open until the call's response, trailers included, is complete: stopping Kestrel before a stream's
+        // trailers are sent would lose them.
+        StreamCloser.Ticket open = closer.Track(connection);
+        context.GetHttpContext().Response.RegisterForDispose(open);
         try
         {
             await service.ClassifyStream(reader, writer, context).ConfigureAwait(false);

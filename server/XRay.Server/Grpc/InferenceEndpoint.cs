@@ -131,7 +131,10 @@ public sealed partial class InferenceEndpoint(
         string connection = ConnectionOf(context);
         int maxInFlight = servingOptions.Value.StreamMaxInFlight;
         using var slots = new SemaphoreSlim(maxInFlight, maxInFlight);
-        using StreamCloser.Ticket open = closer.Track(connection);
+        // Counted open until the call's response, trailers included, is complete: stopping Kestrel before a stream's
+        // trailers are sent would lose them.
+        StreamCloser.Ticket open = closer.Track(connection);
+        context.GetHttpContext().Response.RegisterForDispose(open);
         var responses = Channel.CreateUnbounded<ModelStreamInferResponse>(new UnboundedChannelOptions { SingleReader = true });
         Task writer = WriteAllAsync(responses.Reader, responseStream, context.CancellationToken);
         bool closed = false, refused = false;
