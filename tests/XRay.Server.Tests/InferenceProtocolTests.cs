@@ -383,9 +383,104 @@ public sealed class InferenceProtocolTests
 
         Assert.Equal(["in-flight"], ended[0].Answered);
         Assert.Empty(ended[1].Answered);
-        // UNAVAILABLE as the server ends them (a client still sending may see the connection close first: INTERNAL).
+        // UNAVAILABLE as the server ends them; a stream whose client never half-closes can rarely see Kestrel's graceful
+        // close (GOAWAY NO_ERROR) first, as INTERNAL (see ShutdownWithOpenStreamsTests).
         Assert.All(ended, ending => Assert.Contains(ending.Status, new[] { StatusCode.Unavailable, StatusCode.Internal }));
         Assert.Contains(ended, ending => ending.Status == StatusCode.Unavailable);
+    }
+
+    [Fact]
+    public async Task ModelStreamInfer_OnStop_WhileClientsKeepWritingOnOneChannel_AnswersOrRefusesEveryWrittenRequest()
+    {
+        const int Streams = 4;
+        var backend = new FakeModelBackend();
+        await using var server = await TestServer.StartAsync(new FakeModelBackendFactory(backend));
+        var client = Inference(server);
+        // One channel, so one HTTP/2 connection: one stream's end reaching the connection would reach the others.
+        var calls = Enumerable.Range(0, Streams).Select(_ => client.ModelStreamInfer(Bounded)).ToArray();
+        var written = Enumerable.Range(0, Streams).Select(_ => new List<string>()).ToArray();
+        var answers = Enumerable.Range(0, Streams).Select(_ => new Dictionary<string, string>()).ToArray();
+        var refused = Enumerable.Range(0, Streams).Select(_ => new CancellationTokenSource()).ToArray();
+
+        async Task<StatusCode> ReadToEndAsync(int i)
+        {
+            try
+            {
+                while (await calls[i].ResponseStream.MoveNext())
+                {
+                    var response = calls[i].ResponseStream.Current;
+                    Assert.True(answers[i].TryAdd(response.InferResponse.Id, response.ErrorMessage), $"{response.InferResponse.Id} answered twice");
+                    if (response.ErrorMessage.StartsWith("UNAVAILABLE", StringComparison.Ordinal)) refused[i].Cancel();
+                }
+                return StatusCode.OK;
+            }
+            catch (RpcException ex)
+            {
+                return ex.StatusCode;
+            }
+            finally
+            {
+                refused[i].Cancel();
+            }
+        }
+
+        // Writes back to back until the server's refusal is read, then half-closes.
+        async Task WriteUntilRefusedAsync(int i)
+        {
+            try
+            {
+                for (int n = 0; !refused[i].IsCancellationRequested; n++)
+                {
+                    string id = $"s{i}-{n}";
+                    await calls[i].RequestStream.WriteAsync(Raw("UINT8", [1, 1, 224, 224], new byte[224 * 224], id));
+                    written[i].Add(id);
+                }
+                await calls[i].RequestStream.CompleteAsync();
+            }
+            catch (Exception ex) when (ex is RpcException or InvalidOperationException or OperationCanceledException)
+            {
+                // The call ended under the write: that request was not written.
+            }
+        }
+
+        Task stopped;
+        Task<StatusCode>[] endings;
+        Task[] writing;
+        try
+        {
+            using (Held(backend))
+            {
+                Task<int> started = NextBatchStarted(backend);
+                for (int i = 0; i < Streams; i++)
+                {
+                    await calls[i].RequestStream.WriteAsync(Raw("UINT8", [1, 1, 224, 224], new byte[224 * 224], $"held{i}"));
+                }
+                await started.WaitAsync(Timeout);
+                await WaitUntilAsync(() => backend.BatchSizes.Sum() + server.Host.Current!.Batcher.QueuedItems == Streams,
+                    "every stream's request is in a batch or queued");
+                endings = Enumerable.Range(0, Streams).Select(ReadToEndAsync).ToArray();
+                writing = Enumerable.Range(0, Streams).Select(WriteUntilRefusedAsync).ToArray();
+                using TestServer.HealthWatch watch = server.WatchHealth();
+                stopped = server.App.StopAsync();
+                await watch.UntilAsync(HealthCheckResponse.Types.ServingStatus.NotServing);
+            }
+            await stopped.WaitAsync(TimeSpan.FromSeconds(10));
+            StatusCode[] statuses = await Task.WhenAll(endings).WaitAsync(Timeout);
+            await Task.WhenAll(writing).WaitAsync(Timeout);
+
+            for (int i = 0; i < Streams; i++)
+            {
+                Assert.Equal(StatusCode.Unavailable, statuses[i]);
+                Assert.Equal("", answers[i][$"held{i}"]);
+                Assert.All(written[i], id => Assert.True(answers[i].ContainsKey(id), $"{id} was written and never answered"));
+                Assert.All(answers[i].Values, error => Assert.True(error.Length == 0 || error.StartsWith("UNAVAILABLE: ", StringComparison.Ordinal), error));
+                Assert.Contains(answers[i].Values, error => error.Length > 0);
+            }
+        }
+        finally
+        {
+            foreach (var call in calls) call.Dispose();
+        }
     }
 
     [Fact]

@@ -10,7 +10,8 @@ namespace XRay.Server.Grpc;
 /// What the gRPC endpoint maps for <c>xray.v1.Classifier</c>: <see cref="ClassifierService"/> behind the transport bounds.
 /// Its methods are bound by <see cref="ClassifierMethodProvider"/> with marshallers that refuse malformed messages
 /// precisely; every call's images count against its connection's share (<see cref="ConnectionAdmission"/>); when the
-/// server stops, open streams stop being read, their requests are answered, and they end UNAVAILABLE.
+/// server stops, open streams run no new requests (those still arriving are refused in-band UNAVAILABLE), their
+/// requests are answered, and they end UNAVAILABLE once their clients stop sending.
 /// </summary>
 public sealed partial class ClassifierEndpoint(
     ClassifierService service,
@@ -47,23 +48,44 @@ public sealed partial class ClassifierEndpoint(
         IServerStreamWriter<ClassifyResponse> responseStream,
         ServerCallContext context)
     {
-        var shares = new StreamShare(admission, ConnectionOf(context));
-        var reader = new AdmittingReader(requestStream, shares, closer.Closing);
-        using IDisposable open = closer.Track();
+        string connection = ConnectionOf(context);
+        var shares = new StreamShare(admission, connection);
+        var writer = new ReleasingWriter(responseStream, shares);
+        var reader = new AdmittingReader(requestStream, shares, closer, request => RefuseAsync(request, writer, context.CancellationToken));
+        // Counted open until the call's response, trailers included, is complete: stopping Kestrel before a stream's
+        // trailers are sent would lose them.
+        StreamCloser.Ticket open = closer.Track(connection);
+        context.GetHttpContext().Response.RegisterForDispose(open);
         try
         {
-            await service.ClassifyStream(reader, new ReleasingWriter(responseStream, shares), context).ConfigureAwait(false);
+            await service.ClassifyStream(reader, writer, context).ConfigureAwait(false);
         }
         finally
         {
             // Responses not written (the call was cancelled) give their images back here.
             shares.ReleaseAll();
         }
-        if (reader.Closed)
+        if (closer.Closing.IsCancellationRequested)
         {
-            throw new RpcException(new Status(StatusCode.Unavailable,
-                "The server is shutting down: every request read on this stream was answered; send the rest to another server."));
+            await open.EndTogetherAsync(context.CancellationToken).ConfigureAwait(false);
         }
+        if (reader.Closed || reader.Refused)
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, StreamCloser.EndedDetail));
+        }
+    }
+
+    /// <summary>Answers a request that came after shutdown began: UNAVAILABLE in-band, not run.</summary>
+    private Task RefuseAsync(ClassifyRequest request, ReleasingWriter writer, CancellationToken cancellationToken)
+    {
+        metrics.RequestRejected(RejectionReasons.ShuttingDown);
+        metrics.RecordRequest(ClassifierMethods.ClassifyStream, null, StatusCode.Unavailable, Stopwatch.GetTimestamp());
+        var response = new ClassifyResponse
+        {
+            RequestId = request.RequestId,
+            Error = new Error { Code = (int)StatusCode.Unavailable, Message = StreamCloser.RefusedDetail },
+        };
+        return writer.WriteUnheldAsync(response, cancellationToken);
     }
 
     public Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context) =>
@@ -137,10 +159,12 @@ public sealed partial class ClassifierEndpoint(
     }
 
     /// <summary>
-    /// Hands requests to the service once their images are admitted; ends the request stream when the server starts
-    /// closing streams, so an idle stream does not hold shutdown open.
+    /// Hands requests to the service once their images are admitted. Once the server is closing streams, requests still
+    /// arriving are refused (answered in-band, not handed on) and the request stream ends when the client stops sending
+    /// (<see cref="StreamCloser.ReadAsync"/>), so an idle stream does not hold shutdown open.
     /// </summary>
-    private sealed class AdmittingReader(IAsyncStreamReader<ClassifyRequest> inner, StreamShare shares, CancellationToken closing)
+    private sealed class AdmittingReader(
+        IAsyncStreamReader<ClassifyRequest> inner, StreamShare shares, StreamCloser closer, Func<ClassifyRequest, Task> refuse)
         : IAsyncStreamReader<ClassifyRequest>
     {
         private ClassifyRequest? _current;
@@ -150,33 +174,30 @@ public sealed partial class ClassifierEndpoint(
         /// <summary>The stream was ended by shutdown rather than by the client.</summary>
         public bool Closed { get; private set; }
 
+        /// <summary>A request was refused because the server is shutting down.</summary>
+        public bool Refused { get; private set; }
+
         public async Task<bool> MoveNext(CancellationToken cancellationToken)
         {
-            if (closing.IsCancellationRequested)
+            while (true)
             {
-                Closed = true;
-                return false;
-            }
-            // Closing cancels the read itself, so no read is left pending on the request body when the call ends.
-            using (var read = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, closing))
-            {
-                try
+                switch (await closer.ReadAsync(inner, cancellationToken).ConfigureAwait(false))
                 {
-                    if (!await inner.MoveNext(read.Token).ConfigureAwait(false))
-                    {
+                    case StreamRead.Ended:
                         return false;
-                    }
+                    case StreamRead.Closed:
+                        Closed = true;
+                        return false;
+                    case StreamRead.Refused:
+                        Refused = true;
+                        await refuse(inner.Current).ConfigureAwait(false);
+                        continue;
                 }
-                catch (OperationCanceledException) when (closing.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
-                {
-                    Closed = true;
-                    return false;
-                }
+                ClassifyRequest request = inner.Current;
+                await shares.AcquireAsync(request, cancellationToken).ConfigureAwait(false);
+                _current = request;
+                return true;
             }
-            ClassifyRequest request = inner.Current;
-            await shares.AcquireAsync(request, cancellationToken).ConfigureAwait(false);
-            _current = request;
-            return true;
         }
     }
 
@@ -188,13 +209,30 @@ public sealed partial class ClassifierEndpoint(
             set => inner.WriteOptions = value;
         }
 
+        // The service's responses and the refusals written while reading must not overlap on the stream.
+        private readonly SemaphoreSlim _writing = new(1, 1);
+
         public Task WriteAsync(ClassifyResponse message) => WriteAsync(message, CancellationToken.None);
 
         public async Task WriteAsync(ClassifyResponse message, CancellationToken cancellationToken)
         {
             // Answered: the images leave the connection's share whether or not the write gets through.
             shares.Release(message.RequestId);
-            await inner.WriteAsync(message, cancellationToken).ConfigureAwait(false);
+            await WriteUnheldAsync(message, cancellationToken).ConfigureAwait(false);
+        }
+
+        /// <summary>Writes a response whose request holds no share (it was refused, not admitted).</summary>
+        public async Task WriteUnheldAsync(ClassifyResponse message, CancellationToken cancellationToken)
+        {
+            await _writing.WaitAsync(CancellationToken.None).ConfigureAwait(false);
+            try
+            {
+                await inner.WriteAsync(message, cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                _writing.Release();
+            }
         }
     }
 }

@@ -19,7 +19,8 @@ namespace XRay.Server.Grpc;
 /// requests are translated (<see cref="InferenceTensors"/>) and classified by <see cref="ClassifierService"/>: the same
 /// admission before decoding, decode pool, batcher (a batch may mix both APIs), predictions, limits, metrics (labelled by
 /// method), status conventions and logs. Each call's images count against its connection's share as xray.v1's do;
-/// streams stop being read on shutdown and end UNAVAILABLE once their requests are answered. Readiness is the gRPC
+/// on shutdown streams run no new requests (those still arriving are refused in-band UNAVAILABLE) and end UNAVAILABLE
+/// once their requests are answered and their clients stop sending. Readiness is the gRPC
 /// health status, so it turns false while the model loads and while the server drains.
 /// </summary>
 public sealed partial class InferenceEndpoint(
@@ -130,35 +131,35 @@ public sealed partial class InferenceEndpoint(
         string connection = ConnectionOf(context);
         int maxInFlight = servingOptions.Value.StreamMaxInFlight;
         using var slots = new SemaphoreSlim(maxInFlight, maxInFlight);
-        using IDisposable open = closer.Track();
+        // Counted open until the call's response, trailers included, is complete: stopping Kestrel before a stream's
+        // trailers are sent would lose them.
+        StreamCloser.Ticket open = closer.Track(connection);
+        context.GetHttpContext().Response.RegisterForDispose(open);
         var responses = Channel.CreateUnbounded<ModelStreamInferResponse>(new UnboundedChannelOptions { SingleReader = true });
         Task writer = WriteAllAsync(responses.Reader, responseStream, context.CancellationToken);
-        bool closed = false;
+        bool closed = false, refused = false;
 
         try
         {
             while (true)
             {
-                if (closer.Closing.IsCancellationRequested)
+                // Once shutdown begins, requests still arriving are refused in-band and reading ends when the client
+                // stops sending (StreamCloser.ReadAsync), rather than the stream being cut off under its writes.
+                StreamRead read = await closer.ReadAsync(requestStream, context.CancellationToken).ConfigureAwait(false);
+                if (read == StreamRead.Ended)
+                {
+                    break;
+                }
+                if (read == StreamRead.Closed)
                 {
                     closed = true;
                     break;
                 }
-                // Closing cancels the read itself, so no read is left pending on the request body when the call ends.
-                using (var read = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, closer.Closing))
+                if (read == StreamRead.Refused)
                 {
-                    try
-                    {
-                        if (!await requestStream.MoveNext(read.Token).ConfigureAwait(false))
-                        {
-                            break;
-                        }
-                    }
-                    catch (OperationCanceledException) when (closer.Closing.IsCancellationRequested && !context.CancellationToken.IsCancellationRequested)
-                    {
-                        closed = true;
-                        break;
-                    }
+                    refused = true;
+                    Refuse(requestStream.Current);
+                    continue;
                 }
                 ModelInferRequest request = requestStream.Current;
                 // A full window or a full connection share stops reading: HTTP/2 flow control pushes back on the client.
@@ -185,10 +186,24 @@ public sealed partial class InferenceEndpoint(
             responses.Writer.Complete();
         }
         await writer.ConfigureAwait(false);
-        if (closed)
+        if (closer.Closing.IsCancellationRequested)
         {
-            throw new RpcException(new Status(StatusCode.Unavailable,
-                "The server is shutting down: every request read on this stream was answered; send the rest to another server."));
+            await open.EndTogetherAsync(context.CancellationToken).ConfigureAwait(false);
+        }
+        if (closed || refused)
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, StreamCloser.EndedDetail));
+        }
+
+        void Refuse(ModelInferRequest request)
+        {
+            metrics.RequestRejected(RejectionReasons.ShuttingDown);
+            metrics.RecordRequest(InferenceMethods.ModelStreamInfer, null, StatusCode.Unavailable, Stopwatch.GetTimestamp());
+            responses.Writer.TryWrite(new ModelStreamInferResponse
+            {
+                ErrorMessage = $"{XRayMetrics.StatusName(StatusCode.Unavailable)}: {StreamCloser.RefusedDetail}",
+                InferResponse = new ModelInferResponse { Id = request.Id, ModelName = request.ModelName, ModelVersion = request.ModelVersion },
+            });
         }
 
         async Task AnswerAsync(ModelInferRequest request, int images)

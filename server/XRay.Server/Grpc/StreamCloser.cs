@@ -9,24 +9,91 @@ namespace XRay.Server.Grpc;
 /// <summary>
 /// Ends long-lived streams first thing when the server stops, so that Kestrel's graceful shutdown (which waits for
 /// open calls) does not wait out the host's timeout for clients that keep idle streams open. Health turns NOT_SERVING;
-/// ClassifyStream calls stop reading and end (UNAVAILABLE) once their requests are answered; health Watch calls end
-/// once they have sent NOT_SERVING. Only then do the model host and Kestrel stop.
+/// ClassifyStream and ModelStreamInfer calls stop running new requests (those still arriving are refused in-band
+/// UNAVAILABLE, see <see cref="ReadAsync"/>) and end (UNAVAILABLE) once their requests are answered and their clients
+/// have stopped sending; health Watch calls end once they have sent NOT_SERVING. Only then do the model host and Kestrel stop.
 /// </summary>
 public sealed class StreamCloser(IHostApplicationLifetime lifetime) : IHostedLifecycleService, IDisposable
 {
+    /// <summary>
+    /// Once closing, a stream's read that brings no request within this long ends the stream's reading: an idle stream
+    /// ends this soon, a client still sending (and refused) gets this long to see a refusal and stop.
+    /// </summary>
+    public static readonly TimeSpan QuietPeriod = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>How long after closing began streams may go on reading (and refusing) requests at most.</summary>
+    public static readonly TimeSpan DrainBound = TimeSpan.FromSeconds(3);
+
+    /// <summary>The in-band error of a request refused because the server is shutting down.</summary>
+    public const string RefusedDetail = "The server is shutting down: this request was not run; send it to another server.";
+
+    /// <summary>The status detail of a stream ended because the server is shutting down.</summary>
+    public const string EndedDetail =
+        "The server is shutting down: every request read on this stream was answered or refused; send the rest to another server.";
+
     private readonly CancellationTokenSource _closing = new();
+    private readonly CancellationTokenSource _drained = new();
     private readonly TaskCompletionSource _allEnded = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private CancellationTokenRegistration _stopping;
+    private readonly Dictionary<string, Group> _groups = new(StringComparer.Ordinal);
     private int _open;
 
     /// <summary>Cancelled when streams should end.</summary>
     public CancellationToken Closing => _closing.Token;
 
-    /// <summary>Counts a stream as open until disposed: stopping waits for it.</summary>
-    public IDisposable Track()
+    /// <summary>
+    /// Reads a stream's next request. While the server runs, as <paramref name="requests"/> does. Once closing, the
+    /// stream is still read, so that a client writing on it never has its stream ended under its writes (HTTP/2 clients
+    /// can then lose the whole connection, and with it other streams' answers): a request read then is
+    /// <see cref="StreamRead.Refused"/>, to be answered in-band UNAVAILABLE without being run; reading ends
+    /// (<see cref="StreamRead.Closed"/>) when no request comes within <see cref="QuietPeriod"/> or
+    /// <see cref="DrainBound"/> has passed since closing began.
+    /// </summary>
+    public async Task<StreamRead> ReadAsync<T>(IAsyncStreamReader<T> requests, CancellationToken cancellationToken)
+    {
+        if (_drained.IsCancellationRequested)
+        {
+            return StreamRead.Closed;
+        }
+        using var read = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _drained.Token);
+        // Disposed before the source it cancels; runs at once if closing has begun.
+        using (Closing.Register(() => read.CancelAfter(QuietPeriod)))
+        {
+            try
+            {
+                if (!await requests.MoveNext(read.Token).ConfigureAwait(false))
+                {
+                    return StreamRead.Ended;
+                }
+            }
+            catch (OperationCanceledException) when (Closing.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+            {
+                return StreamRead.Closed;
+            }
+        }
+        return Closing.IsCancellationRequested ? StreamRead.Refused : StreamRead.Request;
+    }
+
+    /// <summary>
+    /// Counts a stream as open until disposed: stopping waits for it. A stream of a client connection names it, so that
+    /// the connection's streams can end together when closing (<see cref="Ticket.EndTogetherAsync"/>).
+    /// </summary>
+    public Ticket Track(string? connection = null)
     {
         Interlocked.Increment(ref _open);
-        return new Tracked(this);
+        Group? group = null;
+        if (connection is not null)
+        {
+            lock (_groups)
+            {
+                if (!_groups.TryGetValue(connection, out group))
+                {
+                    _groups[connection] = group = new Group();
+                }
+                group.Open++;
+            }
+        }
+        return new Ticket(this, connection, group);
     }
 
     public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
@@ -65,6 +132,10 @@ public sealed class StreamCloser(IHostApplicationLifetime lifetime) : IHostedLif
 
     private void Close()
     {
+        if (!_closing.IsCancellationRequested)
+        {
+            _drained.CancelAfter(DrainBound);
+        }
         _closing.Cancel();
         if (Volatile.Read(ref _open) == 0) _allEnded.TrySetResult();
     }
@@ -73,21 +144,94 @@ public sealed class StreamCloser(IHostApplicationLifetime lifetime) : IHostedLif
     {
         _stopping.Dispose();
         _closing.Dispose();
+        _drained.Dispose();
     }
 
-    private sealed class Tracked(StreamCloser closer) : IDisposable
+    /// <summary>The open streams of one client connection; guarded by the closer's group table.</summary>
+    internal sealed class Group
     {
+        public int Open;
+        public int Ready;
+        public readonly TaskCompletionSource AllReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public void CompleteIfAllReady()
+        {
+            if (Open > 0 && Ready >= Open) AllReady.TrySetResult();
+        }
+    }
+
+    /// <summary>An open stream: disposed when it ends.</summary>
+    public sealed class Ticket : IDisposable
+    {
+        private readonly StreamCloser _closer;
+        private readonly string? _connection;
+        private readonly Group? _group;
+        private bool _ready;
         private int _disposed;
+
+        internal Ticket(StreamCloser closer, string? connection, Group? group)
+        {
+            _closer = closer;
+            _connection = connection;
+            _group = group;
+        }
+
+        /// <summary>
+        /// Waits, once this stream has nothing left to answer, until every other open stream of its connection has too,
+        /// so that the connection's streams send their ends together. A client still sending when its stream ends may
+        /// answer with a stream reset followed by more data, which the server takes as a connection error: that ends
+        /// the connection, and every stream on it whose end had not been sent yet would lose it (INTERNAL).
+        /// </summary>
+        public Task EndTogetherAsync(CancellationToken cancellationToken)
+        {
+            if (_group is not { } group) return Task.CompletedTask;
+            lock (_closer._groups)
+            {
+                if (!_ready)
+                {
+                    _ready = true;
+                    group.Ready++;
+                    group.CompleteIfAllReady();
+                }
+            }
+            return group.AllReady.Task.WaitAsync(cancellationToken);
+        }
 
         public void Dispose()
         {
-            if (Interlocked.Exchange(ref _disposed, 1) == 0
-                && Interlocked.Decrement(ref closer._open) == 0 && closer._closing.IsCancellationRequested)
+            if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+            if (_group is { } group)
             {
-                closer._allEnded.TrySetResult();
+                lock (_closer._groups)
+                {
+                    group.Open--;
+                    if (_ready) group.Ready--;
+                    if (group.Open == 0) _closer._groups.Remove(_connection!);
+                    else group.CompleteIfAllReady();
+                }
+            }
+            if (Interlocked.Decrement(ref _closer._open) == 0 && _closer._closing.IsCancellationRequested)
+            {
+                _closer._allEnded.TrySetResult();
             }
         }
     }
+}
+
+/// <summary>What <see cref="StreamCloser.ReadAsync"/> read.</summary>
+public enum StreamRead
+{
+    /// <summary>A request, to be run.</summary>
+    Request,
+
+    /// <summary>A request that came after closing began: to be answered UNAVAILABLE in-band, not run.</summary>
+    Refused,
+
+    /// <summary>The client half-closed its side: no more requests.</summary>
+    Ended,
+
+    /// <summary>Closing ended the reading: the call is to end UNAVAILABLE once what it read is answered.</summary>
+    Closed,
 }
 
 /// <summary>

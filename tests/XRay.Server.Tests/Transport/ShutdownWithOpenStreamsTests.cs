@@ -12,7 +12,7 @@ public sealed class ShutdownWithOpenStreamsTests
     // Well inside the host's 30 s shutdown timeout, which idle streams used to hold stopping to.
     private static readonly TimeSpan StopBound = TimeSpan.FromSeconds(10);
 
-    private sealed record Ending(List<string> Answered, StatusCode Status);
+    private sealed record Ending(List<string> Answered, StatusCode Status, string Detail = "");
 
     /// <summary>Reads a stream to its end, as a client does, from now on.</summary>
     private static async Task<Ending> ReadToEndAsync(AsyncDuplexStreamingCall<ClassifyRequest, ClassifyResponse> stream)
@@ -29,7 +29,7 @@ public sealed class ShutdownWithOpenStreamsTests
         }
         catch (RpcException ex)
         {
-            return new Ending(answered, ex.StatusCode);
+            return new Ending(answered, ex.StatusCode, ex.Status.Detail);
         }
     }
 
@@ -66,14 +66,136 @@ public sealed class ShutdownWithOpenStreamsTests
             Assert.Equal(["in-flight"], ended[1].Answered);
             Assert.Empty(ended[0].Answered);
             Assert.Empty(ended[2].Answered);
-            // UNAVAILABLE as the server ends them; a client still sending on its half of the stream can instead see the
-            // connection close first (INTERNAL). Never OK: the client must know its later requests were not read.
-            Assert.All(ended, ending => Assert.Contains(ending.Status, new[] { StatusCode.Unavailable, StatusCode.Internal }));
+            // UNAVAILABLE as the server ends them. Never OK: the client must know later requests would not be read.
+            // A stream whose client never half-closes can still, rarely (about 1 run in 10-20), see INTERNAL "The HTTP/2
+            // server closed the connection. HTTP/2 error code 'NO_ERROR'": Kestrel's graceful close reaches the client
+            // before that stream's end. Its answers were delivered (asserted above); only the ending status is lost.
+            Assert.All(ended, ending => Assert.True(ending.Status is StatusCode.Unavailable or StatusCode.Internal, $"{ending.Status}: {ending.Detail}"));
             Assert.Contains(ended, ending => ending.Status == StatusCode.Unavailable);
         }
         finally
         {
             foreach (var stream in streams) stream.Dispose();
+        }
+    }
+
+    /// <summary>What one client stream wrote, and what came back.</summary>
+    private sealed class Sender(AsyncDuplexStreamingCall<ClassifyRequest, ClassifyResponse> call, int index)
+    {
+        private readonly CancellationTokenSource _refused = new();
+
+        /// <summary>Requests whose write completed: the server may have read them.</summary>
+        public List<string> Written { get; } = [];
+
+        /// <summary>Answers by request id: 0 for predictions, else the in-band error's code.</summary>
+        public Dictionary<string, int> Answers { get; } = [];
+
+        /// <summary>
+        /// Writes requests back to back, as a client with work queued does, until it reads the server's refusal (or a write
+        /// fails because the call ended); then half-closes, as a client that has nothing more for this server does.
+        /// </summary>
+        public async Task WriteUntilRefusedAsync()
+        {
+            try
+            {
+                for (int n = 0; !_refused.IsCancellationRequested; n++)
+                {
+                    string id = $"s{index}-{n}";
+                    await call.RequestStream.WriteAsync(Request(index * 1000 + n, id));
+                    lock (Written) Written.Add(id);
+                }
+                await call.RequestStream.CompleteAsync();
+            }
+            catch (Exception ex) when (ex is RpcException or InvalidOperationException or OperationCanceledException)
+            {
+                // The call ended under the write: that request was not written.
+            }
+        }
+
+        public async Task<StatusCode> ReadToEndAsync()
+        {
+            try
+            {
+                while (await call.ResponseStream.MoveNext())
+                {
+                    ClassifyResponse response = call.ResponseStream.Current;
+                    int code = response.Error?.Code ?? 0;
+                    lock (Answers) Assert.True(Answers.TryAdd(response.RequestId, code), $"{response.RequestId} answered twice");
+                    if (code == (int)StatusCode.Unavailable) _refused.Cancel();
+                }
+                return StatusCode.OK;
+            }
+            catch (RpcException ex)
+            {
+                return ex.StatusCode;
+            }
+            finally
+            {
+                _refused.Cancel();
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Stop_WhileClientsKeepWritingOnManyStreamsOfOneChannel_AnswersOrRefusesEveryWrittenRequest()
+    {
+        const int Streams = 6;
+        var backend = new FakeModelBackend();
+        await using var server = await TestServer.StartAsync(new FakeModelBackendFactory(backend));
+        // All on the test client's one channel, so on one HTTP/2 connection: what one stream's end does to the connection
+        // reaches the others.
+        var calls = Enumerable.Range(0, Streams).Select(_ => server.Stub.ClassifyStream()).ToArray();
+        try
+        {
+            var senders = calls.Select((call, i) => new Sender(call, i)).ToArray();
+            for (int i = 0; i < Streams; i++)
+            {
+                await calls[i].RequestStream.WriteAsync(Request(i, $"warm{i}"));
+                Assert.True(await calls[i].ResponseStream.MoveNext().WaitAsync(TestServer.Timeout));
+                Assert.Null(calls[i].ResponseStream.Current.Error);
+            }
+
+            Task stopped;
+            Task<StatusCode>[] endings;
+            Task[] writing;
+            using (Held(backend))
+            {
+                // Work in flight on every stream, and every client writing more when the server is told to stop.
+                int batched = backend.BatchSizes.Sum();
+                Task<int> started = NextBatchStarted(backend);
+                for (int i = 0; i < Streams; i++)
+                {
+                    await calls[i].RequestStream.WriteAsync(Request(100 + i, $"held{i}"));
+                }
+                await started.WaitAsync(TestServer.Timeout);
+                await WaitUntilAsync(() => backend.BatchSizes.Sum() - batched + server.Host.Current!.Batcher.QueuedItems == Streams,
+                    "every stream's request is in a batch or queued");
+                endings = senders.Select(sender => sender.ReadToEndAsync()).ToArray();
+                writing = senders.Select(sender => sender.WriteUntilRefusedAsync()).ToArray();
+                using TestServer.HealthWatch watch = server.WatchHealth();
+                stopped = server.App.StopAsync();
+                await watch.UntilAsync(HealthCheckResponse.Types.ServingStatus.NotServing);
+            }
+            await stopped.WaitAsync(StopBound);
+            StatusCode[] statuses = await Task.WhenAll(endings).WaitAsync(TestServer.Timeout);
+            await Task.WhenAll(writing).WaitAsync(TestServer.Timeout);
+
+            for (int i = 0; i < Streams; i++)
+            {
+                Sender sender = senders[i];
+                // Never INTERNAL (the connection lost under the stream) nor OK: the server ended it for shutting down.
+                Assert.Equal(StatusCode.Unavailable, statuses[i]);
+                // The request in flight when the server began to stop is answered.
+                Assert.Equal(0, sender.Answers[$"held{i}"]);
+                // Every request written is answered, or refused in-band as UNAVAILABLE: none is lost.
+                Assert.All(sender.Written, id => Assert.True(sender.Answers.ContainsKey(id), $"{id} was written and never answered"));
+                Assert.All(sender.Answers.Values, code => Assert.Contains(code, new[] { 0, (int)StatusCode.Unavailable }));
+                Assert.Contains((int)StatusCode.Unavailable, sender.Answers.Values);
+            }
+        }
+        finally
+        {
+            foreach (var call in calls) call.Dispose();
         }
     }
 }
