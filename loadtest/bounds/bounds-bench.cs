@@ -358,11 +358,15 @@ static class Scenarios
 
     private sealed record StreamEnding(int Written, int Answered, StatusCode Status);
 
-    /// <summary>Keeps 4 requests outstanding on one ClassifyStream until the server ends it; counts what was written and answered.</summary>
+    /// <summary>
+    /// Keeps 4 requests outstanding on one ClassifyStream until the server refuses one (UNAVAILABLE in the stream: it is
+    /// shutting down), then stops writing and half-closes, as a client should; counts what was written and answered.
+    /// </summary>
     private static async Task<StreamEnding> SendUntilEndedAsync(Classifier.ClassifierClient client, int stream)
     {
         using var call = client.ClassifyStream();
         using var window = new SemaphoreSlim(4, 4);
+        var refused = new TaskCompletionSource();
         int written = 0, answered = 0;
         Task<StatusCode> reader = Task.Run(async () =>
         {
@@ -371,6 +375,7 @@ static class Scenarios
                 await foreach (var response in call.ResponseStream.ReadAllAsync())
                 {
                     Interlocked.Increment(ref answered);
+                    if (response.Error?.Code == (int)StatusCode.Unavailable) refused.TrySetResult();
                     window.Release();
                 }
                 return StatusCode.OK;
@@ -383,18 +388,21 @@ static class Scenarios
         int seed = stream * 1_000_000;
         try
         {
-            while (!reader.IsCompleted)
+            while (!reader.IsCompleted && !refused.Task.IsCompleted)
             {
-                if (await Task.WhenAny(window.WaitAsync(), reader) == reader) break;
+                Task slot = window.WaitAsync();
+                if (await Task.WhenAny(slot, reader, refused.Task) != slot) break;
                 await call.RequestStream.WriteAsync(Payloads.Tensor(seed++));
                 written++;
             }
+            if (!reader.IsCompleted) await call.RequestStream.CompleteAsync();
         }
         catch (Exception ex) when (ex is RpcException or InvalidOperationException or IOException)
         {
             // The server ended the call while this write was going out: it was not taken.
         }
-        return new StreamEnding(written, Volatile.Read(ref answered), await reader);
+        StatusCode status = await reader;
+        return new StreamEnding(written, Volatile.Read(ref answered), status);
     }
 
     public static async Task<int> SoakAsync(BenchOptions o)

@@ -18,6 +18,7 @@ public sealed partial class ClassifierEndpoint(
     ConnectionAdmission admission,
     StreamCloser closer,
     XRayMetrics metrics,
+    LogBudget logBudget,
     ILogger<ClassifierEndpoint> logger)
 {
     public async Task<ClassifyResponse> Classify(ClassifyRequest request, ServerCallContext context)
@@ -30,7 +31,7 @@ public sealed partial class ClassifierEndpoint(
             metrics.RecordRequest(ClassifierMethods.Classify, null, StatusCode.ResourceExhausted, Stopwatch.GetTimestamp());
             string detail = $"This connection already has {admission.InFlight(connection)} images in flight; at most {admission.Limit} " +
                             "per connection (Transport:MaxImagesInFlightPerConnection). Retry later or spread calls over connections.";
-            LogConnectionFull(logger, LogText.Quote(request.RequestId), images);
+            if (logBudget.TryTake(out long skipped)) LogConnectionFull(logger, LogText.Quote(request.RequestId), images, skipped);
             throw new RpcException(new Status(StatusCode.ResourceExhausted, detail));
         }
         try
@@ -102,8 +103,8 @@ public sealed partial class ClassifierEndpoint(
     private static string ConnectionOf(ServerCallContext context) => context.GetHttpContext().Connection.Id;
 
     [LoggerMessage(EventId = 21, Level = LogLevel.Information,
-        Message = "Request {RequestId} (Classify, {Images} images) refused: its connection's share of the queue is full")]
-    private static partial void LogConnectionFull(ILogger logger, string requestId, int images);
+        Message = "Request {RequestId} (Classify, {Images} images) refused: its connection's share of the queue is full ({Skipped} more refusals not logged before this one)")]
+    private static partial void LogConnectionFull(ILogger logger, string requestId, int images, long skipped);
 
     /// <summary>The images one stream holds, by request_id, so that each response gives back its request's images.</summary>
     private sealed class StreamShare(ConnectionAdmission admission, string connection)
@@ -141,6 +142,15 @@ public sealed partial class ClassifierEndpoint(
                 }
             }
             admission.Release(connection, images);
+        }
+
+        /// <summary>Whether a request of this stream is still to be answered.</summary>
+        public bool Holding
+        {
+            get
+            {
+                lock (_lock) return _byRequestId.Count > 0;
+            }
         }
 
         public void ReleaseAll()
@@ -181,7 +191,7 @@ public sealed partial class ClassifierEndpoint(
         {
             while (true)
             {
-                switch (await closer.ReadAsync(inner, cancellationToken).ConfigureAwait(false))
+                switch (await closer.ReadAsync(inner, () => shares.Holding, cancellationToken).ConfigureAwait(false))
                 {
                     case StreamRead.Ended:
                         return false;

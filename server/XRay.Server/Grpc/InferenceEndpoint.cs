@@ -33,6 +33,7 @@ public sealed partial class InferenceEndpoint(
     IOptions<BatchingOptions> batchingOptions,
     IOptions<ServingOptions> servingOptions,
     XRayMetrics metrics,
+    LogBudget logBudget,
     ILogger<InferenceEndpoint> logger)
 {
     public const string ServerName = "xray-server";
@@ -108,7 +109,7 @@ public sealed partial class InferenceEndpoint(
             metrics.RecordRequest(InferenceMethods.ModelInfer, null, StatusCode.ResourceExhausted, Stopwatch.GetTimestamp());
             string detail = $"This connection already has {admission.InFlight(connection)} images in flight; at most {admission.Limit} " +
                             "per connection (Transport:MaxImagesInFlightPerConnection). Retry later or spread calls over connections.";
-            LogConnectionFull(logger, LogText.Quote(request.Id), images);
+            if (logBudget.TryTake(out long skipped)) LogConnectionFull(logger, LogText.Quote(request.Id), images, skipped);
             throw new RpcException(new Status(StatusCode.ResourceExhausted, detail));
         }
         try
@@ -145,7 +146,7 @@ public sealed partial class InferenceEndpoint(
             {
                 // Once shutdown begins, requests still arriving are refused in-band and reading ends when the client
                 // stops sending (StreamCloser.ReadAsync), rather than the stream being cut off under its writes.
-                StreamRead read = await closer.ReadAsync(requestStream, context.CancellationToken).ConfigureAwait(false);
+                StreamRead read = await closer.ReadAsync(requestStream, () => slots.CurrentCount < maxInFlight, context.CancellationToken).ConfigureAwait(false);
                 if (read == StreamRead.Ended)
                 {
                     break;
@@ -288,7 +289,7 @@ public sealed partial class InferenceEndpoint(
         {
             Status status = GrpcErrors.ToStatus(ex, context);
             metrics.RecordRequest(method, host.Current?.Manifest.Name, status.StatusCode, started);
-            LogRefused(logger, method, status.StatusCode, status.Detail);
+            if (logBudget.TryTake(out long skipped)) LogRefused(logger, method, status.StatusCode, status.Detail, skipped);
             throw new RpcException(status);
         }
     }
@@ -325,9 +326,9 @@ public sealed partial class InferenceEndpoint(
     private static string ConnectionOf(ServerCallContext context) => context.GetHttpContext().Connection.Id;
 
     [LoggerMessage(EventId = 30, Level = LogLevel.Information,
-        Message = "Request {RequestId} (ModelInfer, {Images} images) refused: its connection's share of the queue is full")]
-    private static partial void LogConnectionFull(ILogger logger, string requestId, int images);
+        Message = "Request {RequestId} (ModelInfer, {Images} images) refused: its connection's share of the queue is full ({Skipped} more refusals not logged before this one)")]
+    private static partial void LogConnectionFull(ILogger logger, string requestId, int images, long skipped);
 
-    [LoggerMessage(EventId = 31, Level = LogLevel.Information, Message = "{Method} refused: {StatusCode} {Detail}")]
-    private static partial void LogRefused(ILogger logger, string method, StatusCode statusCode, string detail);
+    [LoggerMessage(EventId = 31, Level = LogLevel.Information, Message = "{Method} refused: {StatusCode} {Detail} ({Skipped} more refusals not logged before this one)")]
+    private static partial void LogRefused(ILogger logger, string method, StatusCode statusCode, string detail, long skipped);
 }

@@ -46,18 +46,20 @@ public sealed class StreamCloser(IHostApplicationLifetime lifetime) : IHostedLif
     /// stream is still read, so that a client writing on it never has its stream ended under its writes (HTTP/2 clients
     /// can then lose the whole connection, and with it other streams' answers): a request read then is
     /// <see cref="StreamRead.Refused"/>, to be answered in-band UNAVAILABLE without being run; reading ends
-    /// (<see cref="StreamRead.Closed"/>) when no request comes within <see cref="QuietPeriod"/> or
-    /// <see cref="DrainBound"/> has passed since closing began.
+    /// (<see cref="StreamRead.Closed"/>) when no request comes within <see cref="QuietPeriod"/> of the stream having
+    /// nothing left to answer (<paramref name="answering"/> false: a client waiting for answers writes again when they
+    /// come), or when <see cref="DrainBound"/> has passed since closing began.
     /// </summary>
-    public async Task<StreamRead> ReadAsync<T>(IAsyncStreamReader<T> requests, CancellationToken cancellationToken)
+    public async Task<StreamRead> ReadAsync<T>(IAsyncStreamReader<T> requests, Func<bool> answering, CancellationToken cancellationToken)
     {
         if (_drained.IsCancellationRequested)
         {
             return StreamRead.Closed;
         }
         using var read = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _drained.Token);
-        // Disposed before the source it cancels; runs at once if closing has begun.
-        using (Closing.Register(() => read.CancelAfter(QuietPeriod)))
+        using var quiet = new CancellationTokenSource();
+        // Runs at once if closing has begun; the watch ends with this read.
+        using (Closing.Register(() => _ = EndWhenQuietAsync(read, answering, quiet.Token)))
         {
             try
             {
@@ -70,8 +72,34 @@ public sealed class StreamCloser(IHostApplicationLifetime lifetime) : IHostedLif
             {
                 return StreamRead.Closed;
             }
+            finally
+            {
+                quiet.Cancel();
+            }
         }
         return Closing.IsCancellationRequested ? StreamRead.Refused : StreamRead.Request;
+    }
+
+    /// <summary>Cancels <paramref name="read"/> once a whole <see cref="QuietPeriod"/> has passed with nothing being answered.</summary>
+    private static async Task EndWhenQuietAsync(CancellationTokenSource read, Func<bool> answering, CancellationToken stop)
+    {
+        try
+        {
+            do
+            {
+                await Task.Delay(QuietPeriod, stop).ConfigureAwait(false);
+            }
+            while (answering());
+            read.Cancel();
+        }
+        catch (OperationCanceledException)
+        {
+            // The read completed first.
+        }
+        catch (ObjectDisposedException)
+        {
+            // The read completed and its source was disposed as the period ended.
+        }
     }
 
     /// <summary>
