@@ -13,7 +13,7 @@ namespace XRay.Server.Grpc;
 /// UNAVAILABLE, see <see cref="ReadAsync"/>) and end (UNAVAILABLE) once their requests are answered and their clients
 /// have stopped sending; health Watch calls end once they have sent NOT_SERVING. Only then do the model host and Kestrel stop.
 /// </summary>
-public sealed class StreamCloser(IHostApplicationLifetime lifetime) : IHostedLifecycleService, IDisposable
+public sealed class StreamCloser(IHostApplicationLifetime lifetime, TimeProvider time) : IHostedLifecycleService, IDisposable
 {
     /// <summary>
     /// Once closing, a stream's read that brings no request within this long ends the stream's reading: an idle stream
@@ -32,7 +32,7 @@ public sealed class StreamCloser(IHostApplicationLifetime lifetime) : IHostedLif
         "The server is shutting down: every request read on this stream was answered or refused; send the rest to another server.";
 
     private readonly CancellationTokenSource _closing = new();
-    private readonly CancellationTokenSource _drained = new();
+    private readonly CancellationTokenSource _drained = new(Timeout.InfiniteTimeSpan, time);
     private readonly TaskCompletionSource _allEnded = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private CancellationTokenRegistration _stopping;
     private readonly Dictionary<string, Group> _groups = new(StringComparer.Ordinal);
@@ -81,13 +81,13 @@ public sealed class StreamCloser(IHostApplicationLifetime lifetime) : IHostedLif
     }
 
     /// <summary>Cancels <paramref name="read"/> once a whole <see cref="QuietPeriod"/> has passed with nothing being answered.</summary>
-    private static async Task EndWhenQuietAsync(CancellationTokenSource read, Func<bool> answering, CancellationToken stop)
+    private async Task EndWhenQuietAsync(CancellationTokenSource read, Func<bool> answering, CancellationToken stop)
     {
         try
         {
             do
             {
-                await Task.Delay(QuietPeriod, stop).ConfigureAwait(false);
+                await Task.Delay(QuietPeriod, time, stop).ConfigureAwait(false);
             }
             while (answering());
             read.Cancel();
@@ -140,6 +140,10 @@ public sealed class StreamCloser(IHostApplicationLifetime lifetime) : IHostedLif
     /// </summary>
     public async Task StoppingAsync(CancellationToken cancellationToken)
     {
+        // The host signals ApplicationStopping only after every StoppingAsync; signalled here, the model host stops
+        // admitting (its drain) in the same step that turns health NOT_SERVING, so no request sent after a client has
+        // seen NOT_SERVING is queued. Signalling it again later does nothing.
+        lifetime.StopApplication();
         Close();
         try
         {

@@ -1,5 +1,10 @@
 using Grpc.Core;
 using Grpc.Health.V1;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Time.Testing;
+using XRay.Server.Grpc;
 using XRay.Contracts.V1;
 using XRay.Server.Tests.Infrastructure;
 using static XRay.Server.Tests.Infrastructure.Traffic;
@@ -197,5 +202,44 @@ public sealed class ShutdownWithOpenStreamsTests
         {
             foreach (var call in calls) call.Dispose();
         }
+    }
+
+    [Fact]
+    public async Task Stop_WhileAStreamWaitsForAnAnswerLongerThanTheQuietPeriod_KeepsReading_SoItsNextRequestIsRefusedNotCutOff()
+    {
+        // The closer's clock only: the quiet period and the drain bound pass when the test says so.
+        var clock = new FakeTimeProvider();
+        var backend = new FakeModelBackend();
+        await using var server = await TestServer.StartAsync(new FakeModelBackendFactory(backend), builder =>
+            builder.Services.Replace(ServiceDescriptor.Singleton(provider =>
+                new StreamCloser(provider.GetRequiredService<IHostApplicationLifetime>(), clock))));
+        using var stream = server.Stub.ClassifyStream();
+        Task stopped;
+        using (Held(backend))
+        {
+            Task<int> started = NextBatchStarted(backend);
+            await stream.RequestStream.WriteAsync(Request(1, "waiting"));
+            await started.WaitAsync(TestServer.Timeout);
+            using TestServer.HealthWatch watch = server.WatchHealth();
+            await watch.UntilAsync(HealthCheckResponse.Types.ServingStatus.Serving);
+            stopped = server.App.StopAsync();
+            await watch.UntilAsync(HealthCheckResponse.Types.ServingStatus.NotServing);
+            // Nothing was written for longer than the quiet period, but the stream still had an answer to give.
+            clock.Advance(StreamCloser.QuietPeriod * 2);
+        }
+        Assert.True(await stream.ResponseStream.MoveNext().WaitAsync(TestServer.Timeout));
+        Assert.Equal("waiting", stream.ResponseStream.Current.RequestId);
+        Assert.Null(stream.ResponseStream.Current.Error);
+
+        // The client writes again on receiving its answer: the request is read and refused in the stream.
+        await stream.RequestStream.WriteAsync(Request(2, "after the answer"));
+        Assert.True(await stream.ResponseStream.MoveNext().WaitAsync(TestServer.Timeout));
+        ClassifyResponse refused = stream.ResponseStream.Current;
+        Assert.Equal("after the answer", refused.RequestId);
+        Assert.Equal((int)StatusCode.Unavailable, refused.Error?.Code);
+        await stream.RequestStream.CompleteAsync().WaitAsync(TestServer.Timeout);
+        var end = await Assert.ThrowsAsync<RpcException>(() => stream.ResponseStream.MoveNext().WaitAsync(TestServer.Timeout));
+        Assert.Equal(StatusCode.Unavailable, end.StatusCode);
+        await stopped.WaitAsync(StopBound);
     }
 }
