@@ -275,6 +275,15 @@ public static class SecurityExtensions
         }
     }
 
+    /// <summary>A successful authentication as <paramref name="name"/> with <paramref name="roles"/>, by <paramref name="scheme"/>.</summary>
+    private static AuthenticateResult Authenticated(string scheme, string name, IEnumerable<string> roles)
+    {
+        var claims = new List<Claim> { new(ClaimTypes.Name, name) };
+        claims.AddRange(roles.Select(role => new Claim(ClaimTypes.Role, role)));
+        var principal = new ClaimsPrincipal(new ClaimsIdentity(claims, scheme));
+        return AuthenticateResult.Success(new AuthenticationTicket(principal, scheme));
+    }
+
     /// <summary>
     /// The caller a client certificate (already validated against the client CA by the TLS handshake) stands for, by
     /// thumbprint or subject (<see cref="SecurityOptions.ClientCertificates"/>); no result for a certificate not listed.
@@ -292,10 +301,7 @@ public static class SecurityExtensions
             {
                 return Task.FromResult(AuthenticateResult.NoResult());
             }
-            var claims = new List<Claim> { new(ClaimTypes.Name, match.Name) };
-            claims.AddRange(match.Roles.Select(role => new Claim(ClaimTypes.Role, role)));
-            var principal = new ClaimsPrincipal(new ClaimsIdentity(claims, Scheme.Name));
-            return Task.FromResult(AuthenticateResult.Success(new AuthenticationTicket(principal, Scheme.Name)));
+            return Task.FromResult(Authenticated(Scheme.Name, match.Name, match.Roles));
         }
     }
 
@@ -324,7 +330,7 @@ public static class SecurityExtensions
             SecurityOptions.ApiKey? match = null;
             foreach (SecurityOptions.ApiKey key in security.Value.ApiKeys)
             {
-                if (CryptographicOperations.FixedTimeEquals(hash, SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key.Key))))
+                if (CryptographicOperations.FixedTimeEquals(hash, key.KeyHash))
                 {
                     match = key;
                 }
@@ -333,10 +339,7 @@ public static class SecurityExtensions
             {
                 return Task.FromResult(AuthenticateResult.Fail("Unknown API key."));
             }
-            var claims = new List<Claim> { new(ClaimTypes.Name, match.Name) };
-            claims.AddRange(match.Roles.Select(role => new Claim(ClaimTypes.Role, role)));
-            var principal = new ClaimsPrincipal(new ClaimsIdentity(claims, Scheme.Name));
-            return Task.FromResult(AuthenticateResult.Success(new AuthenticationTicket(principal, Scheme.Name)));
+            return Task.FromResult(Authenticated(Scheme.Name, match.Name, match.Roles));
         }
     }
 }

@@ -117,8 +117,22 @@ public sealed class SecurityOptions : IValidatableObject
         /// <summary>Who holds the key: the caller's name in logs and claims.</summary>
         public string Name { get; set; } = "";
 
+        private string _key = "";
+        private byte[]? _keyHash;
+
         /// <summary>The secret, at least 16 characters. Pass it through an environment variable or a secret store, not a checked-in file.</summary>
-        public string Key { get; set; } = "";
+        public string Key
+        {
+            get => _key;
+            set
+            {
+                _key = value;
+                _keyHash = null;
+            }
+        }
+
+        /// <summary>SHA-256 of <see cref="Key"/>, computed once: what a presented key's hash is compared with.</summary>
+        internal byte[] KeyHash => _keyHash ??= System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(_key));
 
         /// <summary>Roles the key grants (matched against <see cref="MethodRoles"/>).</summary>
         public List<string> Roles { get; set; } = [];
