@@ -810,6 +810,16 @@ readonly record struct ClassifyCounts(double Ok, double Refused)
     public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"OK {Ok:F0}, RESOURCE_EXHAUSTED {Refused:F0} (server's counts)");
 }
 
+/// <summary>One scrape of the server's Prometheus endpoint.</summary>
+sealed class MetricsScrape(string[] lines)
+{
+    /// <summary>The sum of the samples of metric <paramref name="name"/> whose line contains every one of <paramref name="labels"/>.</summary>
+    public double Sum(string name, params string[] labels) => lines
+        .Where(l => l.StartsWith(name, StringComparison.Ordinal) && l.Length > name.Length && l[name.Length] is '{' or ' '
+            && labels.All(label => l.Contains(label, StringComparison.Ordinal)))
+        .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
+}
+
 /// <summary>Cumulative batch counters; the difference of two is one phase of a run.</summary>
 readonly record struct BatchTotals(double Batches, double Images, double ComputeSeconds)
 {
@@ -842,15 +852,11 @@ sealed class Server : IAsyncDisposable
     /// </summary>
     public async Task<string> RejectionHandlerTimesAsync()
     {
-        using var http = new HttpClient();
-        string text = await http.GetStringAsync($"{MetricsAddress}/metrics");
-        double Sum(string suffix, string? le) => text.Split('\n')
-            .Where(l => l.StartsWith("xray_server_request_duration_seconds" + suffix, StringComparison.Ordinal)
-                && l.Contains("RESOURCE_EXHAUSTED", StringComparison.Ordinal)
-                && (le is null || l.Contains($"le=\"{le}\"", StringComparison.Ordinal)))
-            .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
-        double count = Sum("_count", null);
-        return count == 0 ? "none" : $"{count:F0} rejections, {Sum("_bucket", "0.0005") / count:P1} within 0.5 ms, {Sum("_bucket", "0.001") / count:P1} within 1 ms";
+        MetricsScrape metrics = await ScrapeAsync();
+        const string Duration = "xray_server_request_duration_seconds";
+        double count = metrics.Sum(Duration + "_count", "RESOURCE_EXHAUSTED");
+        double Within(string le) => metrics.Sum(Duration + "_bucket", "RESOURCE_EXHAUSTED", $"le=\"{le}\"") / count;
+        return count == 0 ? "none" : $"{count:F0} rejections, {Within("0.0005"):P1} within 0.5 ms, {Within("0.001"):P1} within 1 ms";
     }
 
     /// <summary>
@@ -859,49 +865,42 @@ sealed class Server : IAsyncDisposable
     /// </summary>
     public async Task<string> MemoryAsync()
     {
-        string text;
+        MetricsScrape metrics;
         try
         {
-            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
-            text = await http.GetStringAsync($"{MetricsAddress}/metrics");
+            metrics = await ScrapeAsync();
         }
         catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException)
         {
             return "metrics unavailable";
         }
-        string[] lines = text.Split('\n');
-        double Sum(string name, string? label = null) => lines
-            .Where(l => l.StartsWith(name, StringComparison.Ordinal) && (l.Length > name.Length && l[name.Length] is '{' or ' ')
-                && (label is null || l.Contains(label, StringComparison.Ordinal)))
-            .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
-        string N(string state) => Scenarios.Mb((long)Sum("xray_server_memory_native_bytes", $"xray_memory_state=\"{state}\""));
+        string N(string state) => Scenarios.Mb((long)metrics.Sum("xray_server_memory_native_bytes", $"xray_memory_state=\"{state}\""));
         return string.Create(CultureInfo.InvariantCulture,
-            $"native allocated {N("allocated")} dirty {N("dirty")} resident {N("resident")} MB, GC heap {Scenarios.Mb((long)Sum("dotnet_gc_last_collection_heap_size_bytes"))} MB, " +
-            $"releases idle {Sum("xray_server_memory_releases_total", "idle"):F0} dirty_limit {Sum("xray_server_memory_releases_total", "dirty_limit"):F0}");
+            $"native allocated {N("allocated")} dirty {N("dirty")} resident {N("resident")} MB, GC heap {Scenarios.Mb((long)metrics.Sum("dotnet_gc_last_collection_heap_size_bytes"))} MB, " +
+            $"releases idle {metrics.Sum("xray_server_memory_releases_total", "idle"):F0} dirty_limit {metrics.Sum("xray_server_memory_releases_total", "dirty_limit"):F0}");
     }
 
     /// <summary>Classify calls so far by outcome, from the server's metrics.</summary>
     public async Task<ClassifyCounts> ClassifyCountsAsync()
     {
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
-        string[] lines = (await http.GetStringAsync($"{MetricsAddress}/metrics")).Split('\n');
-        double Sum(string status) => lines
-            .Where(l => l.StartsWith("xray_server_request_duration_seconds_count{", StringComparison.Ordinal)
-                && l.Contains("rpc_method=\"xray.v1.Classifier/Classify\"", StringComparison.Ordinal)
-                && l.Contains($"rpc_response_status_code=\"{status}\"", StringComparison.Ordinal))
-            .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
-        return new ClassifyCounts(Sum("OK"), Sum("RESOURCE_EXHAUSTED"));
+        MetricsScrape metrics = await ScrapeAsync();
+        double Count(string status) => metrics.Sum("xray_server_request_duration_seconds_count",
+            "rpc_method=\"xray.v1.Classifier/Classify\"", $"rpc_response_status_code=\"{status}\"");
+        return new ClassifyCounts(Count("OK"), Count("RESOURCE_EXHAUSTED"));
     }
 
     /// <summary>The model's batches so far, from the server's metrics: how many, their images, and compute seconds.</summary>
     public async Task<BatchTotals> BatchTotalsAsync()
     {
+        MetricsScrape metrics = await ScrapeAsync();
+        return new BatchTotals(metrics.Sum("xray_server_batch_size_count"), metrics.Sum("xray_server_batch_size_sum"),
+            metrics.Sum("xray_server_batch_duration_seconds_sum"));
+    }
+
+    private async Task<MetricsScrape> ScrapeAsync()
+    {
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
-        string[] lines = (await http.GetStringAsync($"{MetricsAddress}/metrics")).Split('\n');
-        double Sum(string name) => lines
-            .Where(l => l.StartsWith(name, StringComparison.Ordinal) && l.Length > name.Length && l[name.Length] is '{' or ' ')
-            .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
-        return new BatchTotals(Sum("xray_server_batch_size_count"), Sum("xray_server_batch_size_sum"), Sum("xray_server_batch_duration_seconds_sum"));
+        return new MetricsScrape((await http.GetStringAsync($"{MetricsAddress}/metrics")).Split('\n'));
     }
 
     public Process Process { get; }
@@ -970,15 +969,20 @@ sealed class Server : IAsyncDisposable
     {
         try
         {
-            string stat = File.ReadAllText($"/proc/{Process.Id}/stat");
-            string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-            // Fields 14 and 15 of stat (utime, stime), counted from the state field (3).
-            return (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) / 100.0;
+            return StatCpuSeconds(File.ReadAllText($"/proc/{Process.Id}/stat"));
         }
         catch (IOException)
         {
             return 0;
         }
+    }
+
+    /// <summary>User + system CPU seconds in a /proc stat line (process or thread; 10 ms resolution).</summary>
+    private static double StatCpuSeconds(string stat)
+    {
+        string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        // Fields 14 and 15 of stat (utime, stime), counted from the state field (3).
+        return (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) / 100.0;
     }
 
     /// <summary>CPU seconds by thread name (inference, thread pool, GC, ...), from /proc: where the server's time goes.</summary>
@@ -993,9 +997,7 @@ sealed class Server : IAsyncDisposable
                 {
                     string stat = File.ReadAllText(Path.Combine(task, "stat"));
                     string name = stat[(stat.IndexOf('(') + 1)..stat.LastIndexOf(')')];
-                    string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-                    double seconds = (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) / 100.0;
-                    byName[name] = byName.GetValueOrDefault(name) + seconds;
+                    byName[name] = byName.GetValueOrDefault(name) + StatCpuSeconds(stat);
                 }
                 catch (IOException)
                 {
